@@ -60,3 +60,48 @@ def cnn_problem():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+# ---- the dynamics engine with the plain (lr, momentum) arguments of the first landing:
+# the tests written against those signatures call these, which go through simulate().
+def _recipe(**params):
+    from sktt.dynamics import TrainingRecipe
+
+    return TrainingRecipe.from_params(params)
+
+
+def _problem(F0, targets, loss, labels=None):
+    from sktt.dynamics import LinearizedProblem
+
+    return LinearizedProblem(np.asarray(F0, dtype=np.float64), np.asarray(targets), loss,
+                             labels=labels)
+
+
+def run_discrete(ntk, F0, targets, *, loss, lr, momentum=0.0, n_steps, batches=None,
+                 labels=None, momentum_buffer=None):
+    from sktt.dynamics import simulate
+    from sktt.gram import DenseKernel
+
+    recipe = _recipe(lr=lr, momentum=momentum, n_steps=n_steps, solver="discrete")
+    return simulate(DenseKernel(ntk, np.shape(F0)[1]), _problem(F0, targets, loss, labels),
+                    recipe, batches=batches, momentum_buffer=momentum_buffer)
+
+
+def run_flow(ntk, F0, targets, *, loss, lr_eff, n_steps, labels=None, **tolerances):
+    from sktt.dynamics import solve_gradient_flow
+    from sktt.gram import DenseKernel
+
+    recipe = _recipe(lr=lr_eff, n_steps=n_steps, solver="ode")
+    return solve_gradient_flow(DenseKernel(ntk, np.shape(F0)[1]),
+                               _problem(F0, targets, loss, labels), recipe, **tolerances)
+
+
+def run_sde(ntk, F0, targets, *, loss, lr, momentum, batch_size, n_steps, noise_factor, seeds,
+            labels=None, n_substeps=1, return_final=False):
+    from sktt.dynamics import simulate_sde
+    from sktt.gram import DenseKernel
+
+    recipe = _recipe(lr=lr, momentum=momentum, n_steps=n_steps, solver="sde")
+    return simulate_sde(DenseKernel(ntk, np.shape(F0)[1]), _problem(F0, targets, loss, labels),
+                        recipe, batch_size=batch_size, noise_factor=noise_factor,
+                        seeds=list(seeds), n_substeps=n_substeps, return_final=return_final)

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
+from conftest import run_discrete as simulate_discrete
+from conftest import run_flow as solve_gradient_flow
 from sktt.dynamics import (epsilon_training_time, loss_gradient, loss_value, mse_closed_form,
-                           simulate_discrete, smooth_curve, solve_gradient_flow,
-                           threshold_training_time)
+                           smooth_curve, threshold_training_time)
 from sktt.gram import ntk_eigh
 
 

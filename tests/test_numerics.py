@@ -16,7 +16,7 @@ from conftest import RandomFeatureHead
 from numpy.testing import assert_allclose
 
 from sktt import TrainingTimePredictor
-from sktt.dynamics import solve_gradient_flow
+from conftest import run_flow as solve_gradient_flow
 from sktt.exceptions import DivergenceError, DivergenceWarning, SolverError, SpectrumWarning
 from sktt.gram import ntk_eigh
 

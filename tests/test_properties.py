@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from numpy.testing import assert_allclose
 
-from sktt.dynamics import epsilon_training_time, simulate_discrete, threshold_training_time
+from conftest import run_discrete as simulate_discrete
+from sktt.dynamics import epsilon_training_time, threshold_training_time
 from sktt.estimators._sgd import curve_band, time_distribution
 from sktt.exceptions import InfeasibleTailError
 from sktt.gram import (
@@ -141,7 +142,7 @@ def test_bands_are_ordered(paths, lo, hi):
 @given(seed=st.integers(0, 2**32 - 1), b=st.integers(1, 5), momentum=st.floats(0.0, 0.9),
        q=st.floats(0.0, 0.45))
 def test_simulated_sgd_bands_are_ordered(seed, b, momentum, q):
-    from sktt.dynamics import check_batches, simulate_discrete
+    from sktt.dynamics import check_batches
 
     rng = np.random.default_rng(seed)
     n, c, paths, steps = 6, 2, 5, 12

@@ -17,8 +17,10 @@ from scipy.special import softmax
 
 from conftest import RandomFeatureHead
 from sktt import TrainingTimePredictor
-from sktt.dynamics import (diagonal_noise_factor, epsilon_training_time, full_noise_factor,
-                           simulate_discrete, simulate_sde, solve_gradient_flow)
+from conftest import run_discrete as simulate_discrete
+from conftest import run_flow as solve_gradient_flow
+from conftest import run_sde as simulate_sde
+from sktt.dynamics import diagonal_noise_factor, epsilon_training_time, full_noise_factor
 from sktt.validation import dataloader_batches, run_real_training
 
 

@@ -155,7 +155,7 @@ def test_overrides_are_diagnosed_lazily_and_cached():
     assert ttp.trust_.level == "ok"
     # An override runs only the O(1) stability check (grids stay cheap): no kernel probe.
     ttp.predict_curve(lr=0.2, n_steps=100)
-    assert ttp._trust_key(ttp._dynamics_params(dict(lr=0.2, n_steps=100))) not in ttp._trust_cache
+    assert ttp._trust_key(ttp._setting(dict(lr=0.2, n_steps=100))) not in ttp._trust_cache
     # ... and warns when the setting is past the stability edge
     edge = 2.0 / ttp._trust_state["curvature"][None]
     with pytest.warns(LinearizationWarning, match="stability edge"):
@@ -193,7 +193,7 @@ def test_refresh_first_points_equal_real_sgd(cnn_problem, momentum, batch_size):
                                 n_steps=T, random_state=3, refresh_steps=k).fit(X, y)
     curve = ttp.predict_curve()
     err = ttp.predict_curve(metric="error")
-    p = ttp._dynamics_params({})
+    p = ttp.get_recipe()
     batches = None if batch_size is None else [b[0] for b in ttp._batch_sequence(p)]
     real = run_real_training(model, X, y, lr=0.05, momentum=momentum, n_steps=T,
                              batch_size=batch_size, batches=batches)
@@ -280,7 +280,7 @@ def test_integer_token_inputs_diagnostic_and_refresh():
                                     random_state=0).fit(ids, y)
         assert np.isfinite(ttp.linearity_score_)
         curve = ttp.predict_curve()
-        p = ttp._dynamics_params({})
+        p = ttp.get_recipe()
         real = run_real_training(model, ids, y, lr=0.2, momentum=0.5, n_steps=10,
                                  batches=[b[0] for b in ttp._batch_sequence(p)])
         assert_allclose(curve[:4], real.loss[:4], rtol=1e-10)

@@ -1,28 +1,28 @@
-r"""Exact function-space simulation of (minibatch, momentum) SGD on the linearised model.
+r"""Exact function-space simulation of torch's SGD on the linearised model.
 
-For :math:`f_w(x) = f_0(x) + J(x)(w - w_0)` and ``torch.optim.SGD(lr=η,
-momentum=m)`` (dampening 0, no Nesterov) the parameter recursion
-``buf ← m·buf + ∇_w L_B``, ``w ← w − η·buf`` maps to function space exactly,
-with :math:`A = J\,\mathrm{buf}`:
+For :math:`f_w(x) = f_0(x) + J(x)(w - w_0)` the recursion of
+``torch.optim.SGD`` (momentum m, dampening τ, Nesterov, coupled weight decay λ,
+per-step rate η_t; derived in :mod:`sktt.dynamics._recipe`) maps to function
+space exactly, with :math:`U = J(\nabla_w L_B + \lambda w)` and
+:math:`A = J\,\mathrm{buf}`:
 
 .. math::
 
-    A \leftarrow m A + \Theta_{:,B}\, \nabla_{F_B} L_B(F_B), \qquad
-    F \leftarrow F - \eta A,
+    U &= \Theta_{:,B}\, \nabla_{F_B} L_B(F_B) + \lambda\,(F - F_0 + \Phi_0), \\
+    A &= U \ \text{(first step)}, \quad A \leftarrow m A + (1-\tau) U \ \text{(after)}, \\
+    F &\leftarrow F - \eta_t\,(U + mA \ \text{if Nesterov else } A),
 
-where :math:`L_B` is the mean loss over the batch :math:`B` and
-:math:`\Theta_{:,B}` the kernel columns of the batch rows (``i·C + c``). torch
-initialises ``buf`` with the first gradient, which equals ``m·0 + ∇`` so the
-recursion needs no special first step. Full-batch GD is ``B = all samples``.
+where :math:`L_B` is the mean loss over the batch :math:`B`,
+:math:`\Theta_{:,B}` the kernel columns of the batch rows (``i·C + c``) and
+:math:`\Phi_0 = Jw_0`. Held-out ("eval") rows follow the same update through the
+cross-kernel; they never enter a batch. Full-batch GD is ``B = all samples``.
 
 Paths (independent batch sequences) are simulated together as a leading axis;
-each step reads the ``b·C`` kernel rows of every path's batch (Θ is
-symmetric) through one sparse-times-dense product, so a step costs
-``O(P · b·C · N·C)`` and is bound by memory traffic, not arithmetic.
+each step costs ``O(P · b·C · (N + N_eval)·C)`` through the kernel operator
+(:class:`sktt.gram.DenseKernel`), bound by memory traffic, not arithmetic.
 """
 
 import numpy as np
-from scipy.sparse import csr_matrix
 
 from ..utils._threads import single_threaded_blas
 from ._losses import loss_gradient, loss_value_and_gradient, train_error
@@ -59,73 +59,87 @@ def check_batches(batches, n_samples, n_steps):
 
 
 @single_threaded_blas
-def simulate_discrete(ntk, F0, targets, *, loss, lr, momentum, n_steps, batches=None,
-                      labels=None, momentum_buffer=None):
+def simulate_discrete(kernel, problem, recipe, *, batches=None, momentum_buffer=None):
     """Simulate the linearised model's SGD/GD exactly, step by step.
 
     Parameters
     ----------
-    ntk : ndarray of shape (N·C, N·C)
-    F0 : ndarray of shape (N, C)
-    targets : ndarray
-        Labels (N,) for cross-entropy, targets (N, C) for MSE.
-    loss : {"cross_entropy", "mse"}
-    lr, momentum : float
-        The optimiser's η and m (not the effective rate).
-    n_steps : int
+    kernel : DenseKernel
+        The kernel operator (:mod:`sktt.gram._kernels`), with the cross-kernel to
+        the eval rows when ``problem`` has them.
+    problem : LinearizedProblem
+        Outputs at w0, targets, loss, labels, Φ0 = J·w0, held-out rows.
+    recipe : TrainingRecipe
+        Learning rates, momentum, dampening, Nesterov, weight decay, n_steps.
     batches : list of ndarray, optional
         Output of :func:`check_batches`; None = full batch (one path).
-    labels : ndarray of shape (N,), optional
-        Compute the train error against these labels.
-    momentum_buffer : ndarray of shape (N·C,) or (N, C), optional
-        Function-space momentum A = J·buf at the start (a
-        run resumed after real steps); None means zeros (a fresh optimiser).
+    momentum_buffer : ndarray of shape ((N + N_eval)·C,), optional
+        Function-space momentum A = J·buf at the start (a run resumed after real
+        steps); None means a fresh optimiser (the first step sets A = U).
 
     Returns
     -------
     dict
-        ``"loss"`` and ``"error"`` (or None) of shape (P, n_steps + 1), and
-        ``"diverged_at"`` (P,) — the first step with non-finite outputs, or -1.
+        ``"loss"``, ``"error"`` (or None), ``"eval_loss"``, ``"eval_error"`` (or
+        None) of shape (P, n_steps + 1), and ``"diverged_at"`` (P,) — the first
+        step with a non-finite train loss, or -1.
     """
-    n, c = F0.shape
+    n, c = problem.f0.shape
+    n_eval = problem.n_eval
+    n_all = n + n_eval
+    n_steps = recipe.n_steps
+    lrs = recipe.learning_rates
+    wd = recipe.weight_decay
     n_paths = 1 if batches is None else batches[0].shape[0]
-    F = np.repeat(F0[None].astype(np.float64), n_paths, axis=0)  # (P, N, C)
-    A = np.zeros((n_paths, n * c))
-    if momentum_buffer is not None:
-        A += np.asarray(momentum_buffer, dtype=np.float64).reshape(1, n * c)
+    F0 = problem.stacked_f0()  # (N + N_eval, C)
+    F = np.repeat(F0[None], n_paths, axis=0)  # (P, N + N_eval, C)
+    anchor = None if wd == 0 else (problem.stacked_jw0() - F0).reshape(1, -1)  # Φ0 − F0
+    A = None
+    if momentum_buffer is not None and recipe.momentum > 0:
+        A = np.repeat(np.asarray(momentum_buffer, dtype=np.float64).reshape(1, -1), n_paths, 0)
+    targets, labels = problem.targets, problem.labels
     losses = np.full((n_paths, n_steps + 1), np.nan)
     errors = None if labels is None else np.full((n_paths, n_steps + 1), np.nan)
+    eval_losses = eval_errors = None
+    if n_eval:
+        eval_losses = np.full((n_paths, n_steps + 1), np.nan)
+        if problem.eval_labels is not None:
+            eval_errors = np.full((n_paths, n_steps + 1), np.nan)
     diverged_at = np.full(n_paths, -1)
-    out_offsets = np.arange(c)
-    paths = np.arange(n_paths)[:, None]
 
     with np.errstate(over="ignore", invalid="ignore"):
         for t in range(n_steps + 1):
+            F_train = F[:, :n]
             # loss and full-batch gradient share one softmax at F_t
-            losses[:, t], grad = loss_value_and_gradient(F, targets, loss)
+            losses[:, t], grad = loss_value_and_gradient(F_train, targets, problem.loss)
             if errors is not None:
-                errors[:, t] = train_error(F, labels)
+                errors[:, t] = train_error(F_train, labels)
+            if n_eval:
+                eval_losses[:, t] = loss_value_and_gradient(F[:, n:], problem.eval_targets,
+                                                            problem.loss)[0]
+                if eval_errors is not None:
+                    eval_errors[:, t] = train_error(F[:, n:], problem.eval_labels)
             if t > 0:
                 bad = ~np.isfinite(losses[:, t]) & (diverged_at < 0)
                 if bad.any():
                     diverged_at[bad] = t
                     if np.all(diverged_at >= 0):
                         losses[:, t:] = np.inf
+                        if n_eval:
+                            eval_losses[:, t:] = np.inf
                         break
             if t == n_steps:
                 break
             if batches is None:
-                update = grad.reshape(n_paths, -1) @ ntk
+                U = kernel.full_product(grad.reshape(n_paths, -1))
             else:
                 idx = batches[t]  # (P, b)
-                grad_b = loss_gradient(F[paths, idx], targets[idx], loss)  # (P, b, C)
-                rows = (idx[:, :, None] * c + out_offsets).reshape(-1)  # P·b·C kernel rows
-                # Σ_k g_k Θ[k, :] per path as a sparse-times-dense product: it reads each
-                # needed row of Θ once, without copying the (P, b·C, N·C) gather (~3x faster).
-                width = rows.size // n_paths
-                sparse = csr_matrix((grad_b.ravel(), rows, np.arange(0, rows.size + 1, width)),
-                                    shape=(n_paths, n * c))
-                update = np.asarray(sparse @ ntk)
-            A = momentum * A + update
-            F -= lr * A.reshape(n_paths, n, c)
-    return {"loss": losses, "error": errors, "diverged_at": diverged_at}
+                grad_b = loss_gradient(np.take_along_axis(F_train, idx[:, :, None], axis=1),
+                                       targets[idx], problem.loss)  # (P, b, C)
+                U = kernel.batch_product(grad_b, idx)
+            if anchor is not None:  # J·(λw) = λ(F − F0 + Φ0)
+                U += wd * (F.reshape(n_paths, -1) + anchor)
+            step, A = recipe.direction(U, A)
+            F -= lrs[t] * step.reshape(n_paths, n_all, c)
+    return {"loss": losses, "error": errors, "eval_loss": eval_losses, "eval_error": eval_errors,
+            "diverged_at": diverged_at}

@@ -16,8 +16,14 @@ the batch). With ``torch.optim.SGD``'s buffer :math:`\mathrm{buf} = J^\top \beta
 
 so the whole predicted weight displacement is one vector-Jacobian product with
 the coefficient vector :math:`c_T`, and :math:`\lVert w_T - w_0\rVert^2 =
-c_T^\top \Theta c_T`. :func:`linear_displacement` runs this recursion (the same
-dynamics as :func:`~sktt.dynamics.simulate_discrete`, one path).
+c_T^\top \Theta c_T`. With weight decay λ the gradient gains
+:math:`\lambda w = \lambda(J^\top c + (1+\alpha) w_0)`, so the displacement
+stays in the span of the Jacobian rows and :math:`w_0`:
+:math:`w_t - w_0 = J^\top c_t + \alpha_t w_0` and
+:math:`F_t = F_0 + \Theta c_t + \alpha_t \Phi_0`. The momentum, dampening
+and Nesterov recursion is linear and applies to :math:`(c, \alpha)` as it is
+(:meth:`TrainingRecipe.direction`). :func:`linear_displacement` runs it (the
+same dynamics as :func:`~sktt.dynamics.simulate_discrete`, one path).
 
 Stability
 ---------
@@ -25,12 +31,13 @@ Near a point :math:`F`, one step of the linearised GD on the batch :math:`B`
 is the linear map of the quadratic model with curvature
 :math:`M_B = H_B^{1/2} \Theta_{BB} H_B^{1/2}` (:math:`H_B` the Hessian of the
 batch loss in :math:`F_B`: :math:`2 I/(bC)` for MSE, block-diagonal
-:math:`(\mathrm{diag}\,p_i - p_i p_i^\top)/b` for cross-entropy). Heavy-ball
-with rate η and momentum m is stable on it iff
-:math:`\eta\,\lambda_{\max}(M_B) < 2(1 + m)`. :func:`stability_ratio` returns
-:math:`\eta\,\lambda_{\max}(M_B) / (2(1+m))`: 1 is the edge, beyond which the
-linearised loss oscillates with growing amplitude; real networks already
-oscillate, and leave the linear regime, somewhat below it.
+:math:`(\mathrm{diag}\,p_i - p_i p_i^\top)/b` for cross-entropy).
+:func:`batch_curvature` computes :math:`h = \lambda_{\max}(M_B)`; the recipe
+turns it into the ratio to its stability edge
+(:meth:`TrainingRecipe.stability_ratio`; heavy ball: :math:`\eta h / (2(1+m))`):
+1 is the edge, beyond which the linearised loss oscillates with growing
+amplitude; real networks already oscillate, and leave the linear regime,
+somewhat below it.
 """
 
 import numpy as np
@@ -38,25 +45,20 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 from scipy.special import softmax
 
 from ..utils._threads import single_threaded_blas
-from ._losses import loss_gradient
+from ._losses import loss_gradient, mse_curvature
 
-__all__ = ["linear_displacement", "stability_ratio"]
+__all__ = ["batch_curvature", "linear_displacement", "stability_ratio"]
 
 
 @single_threaded_blas
-def linear_displacement(ntk, F0, targets, *, loss, lr, momentum, n_steps, batches=None,
-                        record_steps=()):
-    r"""Coefficients :math:`c_T` of the linearised model's weight displacement :math:`J^\top c_T`.
+def linear_displacement(kernel, problem, recipe, *, batches=None, record_steps=()):
+    r"""Coefficients :math:`(c_T, \alpha_T)` of the weight displacement :math:`J^\top c_T + \alpha_T w_0`.
 
     Parameters
     ----------
-    ntk : ndarray of shape (N·C, N·C)
-    F0 : ndarray of shape (N, C)
-    targets : ndarray
-        Labels (N,) for cross-entropy, targets (N, C) for MSE.
-    loss : {"cross_entropy", "mse"}
-    lr, momentum : float
-    n_steps : int
+    kernel : DenseKernel
+    problem : LinearizedProblem
+    recipe : TrainingRecipe
     batches : list of ndarray of shape (1, b) or (b,), optional
         One path of batch indices per step; None = full batch.
     record_steps : iterable of int
@@ -65,32 +67,43 @@ def linear_displacement(ntk, F0, targets, *, loss, lr, momentum, n_steps, batche
     Returns
     -------
     coef : ndarray of shape (N, C)
-        :math:`c_T`, so that :math:`w_T - w_0 = J^\top c_T` (sample-major).
+        :math:`c_T` (sample-major).
+    alpha : float
+        :math:`\alpha_T` (0 without weight decay).
     recorded : dict of int to (ndarray (N, C), ndarray (N, C))
         :math:`(F_t, c_t)` at the requested steps (and ``{}`` if none).
     """
+    F0 = problem.f0
     n, c = F0.shape
+    ntk = kernel.ntk
+    wd = recipe.weight_decay
+    jw0 = problem.jw0.ravel() if wd else np.zeros(n * c)
+    lrs = recipe.learning_rates
+    state = np.zeros(n * c + 1)  # (c, α)
+    buffer = None
     F = F0.astype(np.float64).copy()
-    coef = np.zeros(n * c)
-    beta = np.zeros(n * c)
     wanted = set(int(s) for s in record_steps)
-    recorded = {0: (F.copy(), coef.reshape(n, c).copy())} if 0 in wanted else {}
+    recorded = {0: (F.copy(), state[:-1].reshape(n, c).copy())} if 0 in wanted else {}
     with np.errstate(over="ignore", invalid="ignore"):
-        for t in range(n_steps):
+        for t in range(recipe.n_steps):
             g = np.zeros((n, c))
             if batches is None:
-                g[:] = loss_gradient(F, targets, loss)
+                g[:] = loss_gradient(F, problem.targets, problem.loss)
             else:
                 idx = np.asarray(batches[t]).reshape(-1)
-                g[idx] = loss_gradient(F[idx], targets[idx], loss)
-            beta = momentum * beta + g.ravel()
-            coef -= lr * beta
-            F = F0 + (ntk @ coef).reshape(n, c)
+                g[idx] = loss_gradient(F[idx], problem.targets[idx], problem.loss)
+            update = np.concatenate([g.ravel(), [0.0]])
+            if wd:  # λw = λ(Jᵀc + (1 + α) w0)
+                update[:-1] += wd * state[:-1]
+                update[-1] += wd * (1.0 + state[-1])
+            step, buffer = recipe.direction(update, buffer)
+            state -= lrs[t] * step
+            F = F0 + (ntk @ state[:-1]).reshape(n, c) + state[-1] * jw0.reshape(n, c)
             if t + 1 in wanted:
-                recorded[t + 1] = (F.copy(), coef.reshape(n, c).copy())
+                recorded[t + 1] = (F.copy(), state[:-1].reshape(n, c).copy())
             if not np.all(np.isfinite(F)):
                 break
-    return coef.reshape(n, c), recorded
+    return state[:-1].reshape(n, c), float(state[-1]), recorded
 
 
 def _top_eig(matvec, dim):
@@ -102,17 +115,13 @@ def _top_eig(matvec, dim):
     return float(eigsh(op, k=1, which="LA", tol=1e-4, v0=v0, return_eigenvectors=False)[0])
 
 
-def _batch_curvature(ntk, F, targets, loss, idx):
-    """λ_max of H_B^{1/2} Θ_BB H_B^{1/2} for the samples ``idx`` at outputs ``F``."""
+def batch_curvature(kernel, F, targets, loss, idx):
+    """h = λ_max of H_B^{1/2} Θ_BB H_B^{1/2} for the samples ``idx`` at outputs ``F``."""
     n, c = F.shape
     b = len(idx)
-    if b == n and np.array_equal(idx, np.arange(n)):
-        K = ntk  # full batch: no copy
-    else:
-        rows = (idx[:, None] * c + np.arange(c)).ravel()
-        K = ntk[np.ix_(rows, rows)]
+    K = kernel.block(idx)
     if loss == "mse":
-        return 2.0 / (b * c) * _top_eig(lambda v: K @ v, b * c)
+        return mse_curvature(b * c) * _top_eig(lambda v: K @ v, b * c)
     p = softmax(F[idx], axis=-1)  # (b, C)
     # H_B^{1/2}: per-sample symmetric square root of diag(p) - p pᵀ, over sqrt(b)
     blocks = np.einsum("bc,cd->bcd", p, np.eye(c)) - p[:, :, None] * p[:, None, :]
@@ -125,18 +134,29 @@ def _batch_curvature(ntk, F, targets, loss, idx):
     return _top_eig(lambda v: apply_sqrt(K @ apply_sqrt(v)), b * c)
 
 
-def stability_ratio(ntk, outputs, targets, *, loss, lr, momentum, batches=None, max_batches=4):
-    r""":math:`\max \eta\,\lambda_{\max}(H_B^{1/2}\Theta_{BB}H_B^{1/2}) / (2(1+m))`.
+def max_curvature(kernel, outputs, targets, loss, *, batches=None, max_batches=4):
+    """Largest batch curvature h over trajectory points ``outputs`` and the first batches."""
+    n = outputs[0].shape[0]
+    if batches is None:
+        idxs = [np.arange(n)]
+    else:
+        idxs = [np.asarray(b).reshape(-1) for b in batches[:max_batches]]
+    points = outputs if loss == "cross_entropy" else outputs[:1]  # MSE curvature is constant
+    return max(batch_curvature(kernel, F, targets, loss, idx) for F in points for idx in idxs)
+
+
+def stability_ratio(kernel, outputs, targets, *, loss, recipe, batches=None, max_batches=4):
+    r"""The recipe's stability ratio at the largest curvature along ``outputs`` (1 is the edge).
 
     Parameters
     ----------
-    ntk : ndarray of shape (N·C, N·C)
+    kernel : DenseKernel
     outputs : list of ndarray of shape (N, C)
         Points of the predicted trajectory to evaluate the curvature at (for
-        cross-entropy it depends on the outputs; the maximum is returned).
+        cross-entropy it depends on the outputs; the maximum is used).
     targets : ndarray
     loss : {"cross_entropy", "mse"}
-    lr, momentum : float
+    recipe : TrainingRecipe
     batches : list of ndarray, optional
         Batch sequence; None = full batch. The first ``max_batches`` batches are used.
     max_batches : int, default=4
@@ -144,13 +164,7 @@ def stability_ratio(ntk, outputs, targets, *, loss, lr, momentum, batches=None, 
     Returns
     -------
     float
-        1 is the stability edge of the linearised (heavy-ball) dynamics.
     """
-    n = outputs[0].shape[0]
-    if batches is None:
-        idxs = [np.arange(n)]
-    else:
-        idxs = [np.asarray(b).reshape(-1) for b in batches[:max_batches]]
-    points = outputs if loss == "cross_entropy" else outputs[:1]  # MSE curvature is constant
-    curv = max(_batch_curvature(ntk, F, targets, loss, idx) for F in points for idx in idxs)
-    return lr * curv / (2.0 * (1.0 + momentum))
+    curvature = max_curvature(kernel, outputs, targets, loss, batches=batches,
+                              max_batches=max_batches)
+    return recipe.stability_ratio(curvature)

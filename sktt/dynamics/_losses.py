@@ -17,8 +17,8 @@ The train error is ``100 · mean(argmax F ≠ label)`` in percent, the label bei
 import numpy as np
 from scipy.special import softmax
 
-__all__ = ["LOSSES", "check_targets", "loss_value", "loss_gradient", "loss_value_and_gradient", "softmax_hessian",
-           "train_error", "labels_of"]
+__all__ = ["LOSSES", "check_targets", "loss_value", "loss_gradient", "loss_value_and_gradient",
+           "mse_curvature", "softmax_hessian", "train_error", "labels_of"]
 
 LOSSES = ("cross_entropy", "mse")
 
@@ -75,7 +75,7 @@ def loss_value_and_gradient(F, targets, loss):
         value = (np.log(total[..., 0]) - (z * onehot).sum(axis=-1)).mean(axis=-1)
         return value, (e / total - onehot) / n
     diff = F - targets
-    return (diff**2).mean(axis=(-2, -1)), 2.0 * diff / (n * c)
+    return (diff**2).mean(axis=(-2, -1)), mse_curvature(n * c) * diff
 
 
 def loss_value(F, targets, loss):
@@ -86,6 +86,11 @@ def loss_value(F, targets, loss):
 def loss_gradient(F, targets, loss):
     """Gradient of :func:`loss_value` with respect to ``F``; same shape as ``F``."""
     return loss_value_and_gradient(F, targets, loss)[1]
+
+
+def mse_curvature(n_rows):
+    """2/(n·C): the Hessian of torch's mean squared error in F is this times the identity."""
+    return 2.0 / n_rows
 
 
 def softmax_hessian(F):

@@ -24,9 +24,11 @@ Approximations, in the order they enter
 2. **Diffusion limit** — the minibatch noise is replaced by Gaussian noise with
    the same covariance; its higher moments and its correlation between the
    batches of one epoch (sampling without replacement) are ignored.
-3. **Momentum** enters only through η̃ = η/(1−m), in the drift and in the noise
-   (the paper's choice); the heavy-ball warm-up of ~1/(1−m) steps is missed
-   (the ``"discrete"`` solver has it).
+3. **Momentum** enters only through η̃ = η·γ (γ = 1/(1−m) for plain heavy
+   ball; :meth:`TrainingRecipe.effective_learning_rates`), in the drift and in
+   the noise (the paper's choice); the heavy-ball warm-up of ~1/(1−m) steps is
+   missed (the ``"discrete"`` solver has it). A learning-rate schedule enters
+   as η̃_t per step, weight decay as the linear drift λ(F − F0 + Φ0).
 4. **Σ at t = 0** — :math:`\Sigma` is estimated once, at the pre-trained
    outputs :math:`F_0`, and rescaled over time by
    :math:`r_t = \|\nabla_F L(F_t)\| / \|\nabla_F L(F_0)\|` (per path): per-sample
@@ -85,7 +87,7 @@ for the noise.
 import numpy as np
 
 from ..utils._threads import single_threaded_blas
-from ._losses import loss_gradient, loss_value, train_error
+from ._losses import loss_gradient, loss_value, mse_curvature, train_error
 
 __all__ = ["NOISE_MODELS", "per_sample_gradients", "diagonal_noise_factor",
            "full_noise_factor", "sde_substeps", "simulate_sde"]
@@ -160,44 +162,40 @@ def full_noise_factor(ntk, F0, targets, loss):
     return u / np.sqrt(n)
 
 
-def sde_substeps(lr, momentum, lambda_max, n_samples, n_outputs, loss):
+def sde_substeps(recipe, lambda_max, n_samples, n_outputs, loss):
     """Euler–Maruyama substeps per optimiser step (see the module docstring).
 
     1 without momentum; otherwise ``max(1, ceil(ρ))`` with
-    ``ρ = η/(1−m) · λ_max(Θ) · h`` the flow's stiffness.
+    ``ρ = η̃ · λ_max(Θ) · h`` the flow's stiffness (η̃ at the largest scheduled rate).
     """
-    if momentum == 0:
+    if recipe.momentum == 0:
         return 1
-    h = 1.0 / (2 * n_samples) if loss == "cross_entropy" else 2.0 / (n_samples * n_outputs)
-    rho = lr / (1.0 - momentum) * max(float(lambda_max), 0.0) * h
+    h = 1.0 / (2 * n_samples) if loss == "cross_entropy" else mse_curvature(n_samples * n_outputs)
+    rho = recipe.effective_lr * max(float(lambda_max), 0.0) * h
     return max(1, int(np.ceil(rho - 1e-12)))
 
 
 @single_threaded_blas
-def simulate_sde(ntk, F0, targets, *, loss, lr, momentum, batch_size, n_steps, noise_factor,
-                 seeds, labels=None, n_substeps=1, return_final=False):
+def simulate_sde(kernel, problem, recipe, *, batch_size, noise_factor, seeds, n_substeps=1,
+                 return_final=False):
     """Euler–Maruyama paths of the paper's SDE (see the module docstring).
 
     Parameters
     ----------
-    ntk : ndarray of shape (N·C, N·C)
-    F0 : ndarray of shape (N, C)
-    targets : ndarray
-        Labels (N,) for cross-entropy, targets (N, C) for MSE.
-    loss : {"cross_entropy", "mse"}
-    lr, momentum : float
-        The optimiser's η and m; the SDE uses η̃ = η/(1−m).
+    kernel : DenseKernel
+    problem : LinearizedProblem
+        Held-out rows are not supported: the noise factor covers the training rows.
+    recipe : TrainingRecipe
+        Per-step effective rates η̃_t (drift and noise) and weight decay (a
+        linear drift term λ(F − F0 + Φ0)).
     batch_size : int
         B, in [1, N]; B = N gives no noise.
-    n_steps : int
     noise_factor : ndarray of shape (N·C, R)
         ``G`` with ``G Gᵀ = J Σ_0 Jᵀ`` (:func:`diagonal_noise_factor` or
         :func:`full_noise_factor`).
     seeds : sequence of int
         One seed per path (the number of paths): path k draws its noise from
         ``numpy.random.default_rng(seeds[k])``, independently of the other paths.
-    labels : ndarray of shape (N,), optional
-        Compute the train error against these labels.
     n_substeps : int, default=1
         Euler–Maruyama steps per optimiser step (dt = 1/n_substeps).
     return_final : bool, default=False
@@ -209,17 +207,21 @@ def simulate_sde(ntk, F0, targets, *, loss, lr, momentum, batch_size, n_steps, n
         ``"loss"`` and ``"error"`` (or None) of shape (P, n_steps + 1), and
         ``"diverged_at"`` (P,) — the first step with non-finite outputs, or -1.
     """
-    n, c = F0.shape
+    n, c = problem.f0.shape
+    targets, loss, labels = problem.targets, problem.loss, problem.labels
+    n_steps = recipe.n_steps
     n_paths = len(seeds)
-    lr_eff = lr / (1.0 - momentum)
+    rates = recipe.effective_learning_rates()
+    wd = recipe.weight_decay
+    anchor = None if wd == 0 else (problem.jw0 - problem.f0).reshape(1, -1)
     dt = 1.0 / n_substeps
     # Covariance of a without-replacement batch mean: Σ/B · (N−B)/(N−1).
     fpc = (n - batch_size) / (n - 1) if n > 1 else 0.0
-    amplitude = lr_eff / np.sqrt(batch_size) * np.sqrt(max(fpc, 0.0) * dt)
+    noise_scale = np.sqrt(max(fpc, 0.0) * dt) / np.sqrt(batch_size)
     rngs = [np.random.default_rng(s) for s in seeds]
     rank = noise_factor.shape[1]
-    F = np.repeat(F0[None].astype(np.float64), n_paths, axis=0).reshape(n_paths, n * c)
-    grad0_norm = np.linalg.norm(loss_gradient(F0, targets, loss))
+    F = np.repeat(problem.f0[None].astype(np.float64), n_paths, axis=0).reshape(n_paths, n * c)
+    grad0_norm = np.linalg.norm(loss_gradient(problem.f0, targets, loss))
     losses = np.full((n_paths, n_steps + 1), np.nan)
     errors = None if labels is None else np.full((n_paths, n_steps + 1), np.nan)
     diverged_at = np.full(n_paths, -1)
@@ -233,14 +235,17 @@ def simulate_sde(ntk, F0, targets, *, loss, lr, momentum, batch_size, n_steps, n
     record(0)
     with np.errstate(over="ignore", invalid="ignore"):
         for t in range(n_steps):
+            lr_eff = rates[t]
             for _ in range(n_substeps):
                 grad = loss_gradient(F.reshape(n_paths, n, c), targets, loss).reshape(n_paths, -1)
-                drift = grad @ ntk  # Θ symmetric: rows of (Θ ∇L)ᵀ
+                drift = kernel.full_product(grad)
+                if anchor is not None:
+                    drift += wd * (F + anchor)
                 F -= (lr_eff * dt) * drift
-                if amplitude > 0 and grad0_norm > 0:
+                if noise_scale > 0 and grad0_norm > 0:
                     ratio = np.linalg.norm(grad, axis=1) / grad0_norm  # r_t per path
                     xi = np.stack([r.standard_normal(rank) for r in rngs])  # (P, R)
-                    F += (amplitude * ratio)[:, None] * (xi @ noise_factor.T)
+                    F += (lr_eff * noise_scale * ratio)[:, None] * (xi @ noise_factor.T)
             record(t + 1)
             bad = ~np.isfinite(losses[:, t + 1]) & (diverged_at < 0)
             if bad.any():

@@ -12,7 +12,27 @@ the first ``t`` with :math:`L_t \le \tau`; it may not exist within ``T``.
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
-__all__ = ["epsilon_training_time", "threshold_training_time", "smooth_curve"]
+__all__ = ["check_eps", "check_threshold", "epsilon_training_time", "threshold_training_time",
+           "smooth_curve"]
+
+
+def check_eps(eps):
+    """Validate ε: a finite number > 0 or a non-empty 1-D array of them (float64, same ndim)."""
+    values = np.asarray(eps, dtype=np.float64)
+    if (values.ndim > 1 or values.size == 0 or not np.all(np.isfinite(values))
+            or np.any(values <= 0)):
+        raise ValueError(f"eps={eps!r} is invalid; accepted: a finite number > 0 or a non-empty "
+                         "1-D array of them.")
+    return values
+
+
+def check_threshold(threshold):
+    """Validate τ: a finite number or a non-empty 1-D array of them (float64, same ndim)."""
+    values = np.asarray(threshold, dtype=np.float64)
+    if values.ndim > 1 or values.size == 0 or not np.all(np.isfinite(values)):
+        raise ValueError(f"threshold={threshold!r} is invalid; accepted: a finite number or a "
+                         "non-empty 1-D array of them.")
+    return values
 
 
 def smooth_curve(curve, window):

@@ -17,32 +17,29 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from ..dynamics import (LOSSES, check_batches, check_targets, epsilon_training_time, labels_of,
-                        mse_closed_form, simulate_discrete, smooth_curve, solve_gradient_flow,
+from ..dynamics import (LOSSES, LinearizedProblem, check_batches, check_eps, check_targets,
+                        check_threshold, epsilon_training_time, labels_of, simulate, smooth_curve,
                         threshold_training_time)
-from ..dynamics._displacement import stability_ratio
+from ..dynamics._displacement import max_curvature
 from ..exceptions import (DivergenceError, DivergenceWarning, NotFittedError,
                           ThresholdNotReachedError)
 from ..gradients import (as_inputs, model_outputs,
                          ntk_from_model)
-from ..gram import ntk_eigh
-from ..utils import (check_choice, check_fraction, check_int, check_positive_finite,
-                     derive_seed, root_seed)
+from ..gram import DenseKernel, ntk_eigh
+from ..utils import check_choice, check_int, derive_seed, root_seed
 from ..utils._batches import dataloader_batches
 from ..utils._torch import model_device_dtype, model_untouched, require_trainable
 from ._extraction_params import check_extraction_params
-from ._refresh import refresh_active, refresh_steps_of, refreshed_curves
-from ._sgd import (check_quantiles, check_user_batches, curve_band, fit_sde_noise, point_time,
-                   resolve_solver, sgd_curves, time_distribution)
+from ._refresh import refreshed_curves
+from ._setting import DYNAMICS_PARAMS, resolve_setting
+from ._sgd import (check_quantiles, check_user_batches, curve_band, fit_sde_noise, noise_factor,
+                   point_time, sde_seeds, time_distribution)
 from ._trust import TrustMixin
 from ._rows import JacobianRows
 
 __all__ = ["TrainingTimePredictor"]
 
-SOLVERS = ("auto", "ode", "discrete", "sde")
 METRICS = ("loss", "error")
-DYNAMICS_PARAMS = ("lr", "momentum", "batch_size", "n_steps", "solver", "refresh_steps",
-                   "refresh_seconds", "n_paths", "drop_last", "sde_noise")
 
 
 class TrainingTimePredictor(TrustMixin, BaseEstimator):
@@ -62,9 +59,24 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
         torch's ``nn.CrossEntropyLoss()`` / ``nn.MSELoss()`` with the default mean
         reduction.
     lr : float, default=1e-3
-        Learning rate η of ``torch.optim.SGD``.
+        Learning rate η of ``torch.optim.SGD`` (its base rate when
+        ``lr_scheduler`` is set).
     momentum : float, default=0.0
-        Momentum m of ``torch.optim.SGD`` (dampening 0, no Nesterov), in [0, 1).
+        Momentum m of ``torch.optim.SGD``, in [0, 1).
+    dampening : float, default=0.0
+        torch's dampening τ of the momentum buffer, in [0, 1] (not applied on
+        the first step, as torch does).
+    nesterov : bool, default=False
+        Nesterov momentum (needs momentum > 0 and dampening 0, as torch).
+    weight_decay : float, default=0.0
+        torch.optim.SGD's coupled L2 term λ (``grad + λ·w``); exact in function
+        space through Φ0 = J·w0 (one forward-mode pass, computed on first use).
+    lr_scheduler : callable, array-like or None, default=None
+        A callable taking a torch optimizer and returning an LR scheduler
+        (e.g. ``functools.partial(CosineAnnealingLR, T_max=150)``, or a
+        ``LambdaLR`` warm-up), stepped once per optimiser step; sktt reads its
+        exact per-step rates on a throw-away optimizer. Or the per-step rates
+        themselves (length >= ``n_steps``). None: constant ``lr``.
     batch_size : int or None, default=None
         Minibatch size b; None means full batch (gradient descent).
     n_steps : int, default=150
@@ -212,6 +224,7 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
     """
 
     def __init__(self, model=None, *, loss="cross_entropy", lr=1e-3, momentum=0.0,
+                 dampening=0.0, nesterov=False, weight_decay=0.0, lr_scheduler=None,
                  batch_size=None, n_steps=150, solver="auto", projection=None,
                  projection_dim=2048, chunk_size=None, max_memory=None, n_jobs=None,
                  random_state=None, verbose=0, trust_check=True, refresh_steps=None,
@@ -221,6 +234,10 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
         self.loss = loss
         self.lr = lr
         self.momentum = momentum
+        self.dampening = dampening
+        self.nesterov = nesterov
+        self.weight_decay = weight_decay
+        self.lr_scheduler = lr_scheduler
         self.batch_size = batch_size
         self.n_steps = n_steps
         self.solver = solver
@@ -247,29 +264,26 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
         check_choice("loss", self.loss, LOSSES)
         return check_extraction_params(self)
 
-    def _dynamics_params(self, overrides, n_samples=None):
-        """The dynamics parameters of this call: the estimator's, updated by ``overrides``."""
-        unknown = set(overrides) - set(DYNAMICS_PARAMS)
-        if unknown:
-            raise TypeError(f"unexpected keyword(s) {sorted(unknown)}; predict methods accept "
-                            f"the dynamics parameters {list(DYNAMICS_PARAMS)} as overrides.")
-        p = {name: overrides.get(name, getattr(self, name)) for name in DYNAMICS_PARAMS}
-        p["lr"] = check_positive_finite("lr", p["lr"])
-        p["momentum"] = check_fraction("momentum", p["momentum"], low=0.0, high=1.0)
-        p["n_steps"] = check_int("n_steps", p["n_steps"], low=1)
-        p["solver"] = check_choice("solver", p["solver"], SOLVERS)
-        p["n_paths"] = check_int("n_paths", p["n_paths"], low=1)
-        if not isinstance(p["drop_last"], (bool, np.bool_)):
-            raise TypeError(f"drop_last must be a bool, got {p['drop_last']!r}.")
-        p["drop_last"] = bool(p["drop_last"])
-        p["sde_noise"] = check_choice("sde_noise", p["sde_noise"], ("diagonal", "full"))
-        refresh_steps_of(p)  # validates refresh_steps / refresh_seconds
-        n = n_samples if n_samples is not None else getattr(self, "n_samples_", None)
-        if p["batch_size"] is not None:
-            p["batch_size"] = check_int("batch_size", p["batch_size"], low=1, high=n)
-            if p["batch_size"] == n:
-                p["batch_size"] = None  # one batch of all samples is gradient descent
-        return p
+    def _setting(self, overrides, n_samples=None):
+        """The :class:`~sktt.estimators._setting.Setting` of one call (validated)."""
+        return resolve_setting(self, overrides, n_samples)
+
+    def get_recipe(self, **overrides):
+        """The training recipe a prediction with these overrides simulates.
+
+        Parameters
+        ----------
+        **overrides
+            Dynamics parameters for this call (as in :meth:`predict_curve`).
+
+        Returns
+        -------
+        recipe : sktt.dynamics.TrainingRecipe
+            Validated; ``learning_rates`` holds the per-step rates (read from
+            ``lr_scheduler``). The real-training helpers take the same object's
+            settings, so a validation run trains exactly this recipe.
+        """
+        return self._setting(overrides).recipe
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y=None):
@@ -292,7 +306,7 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
         if self._precomputed():  # X is the output of JacobianFeatures
             return self._fit_precomputed(X, y, start)
         max_memory = self._check_fit_params()
-        self._dynamics_params({})  # fail early on bad lr / momentum / ...
+        self._setting({})  # fail early on bad lr / momentum / ...
         names, params = require_trainable(self.model)
         seed = root_seed(self.random_state)
         _, dtype = model_device_dtype(self.model)
@@ -306,7 +320,7 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
                 raise ValueError("the model's outputs at the initial weights contain NaN or inf; "
                                  "a prediction needs finite outputs.")
             targets = check_targets(y.detach().cpu().numpy(), self.loss, f0.shape[1])
-            self._dynamics_params({}, n_samples=f0.shape[0])  # batch_size against N
+            self._setting({}, n_samples=f0.shape[0])  # batch_size against N
             ntk, rows = ntk_from_model(
                 model, inputs, names, n_outputs=f0.shape[1], projection=self.projection,
                 projection_dim=self.projection_dim, seed=seed, chunk_size=self.chunk_size,
@@ -314,11 +328,7 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
                 jacobian_method=self.jacobian_method)
             # the SDE's diagonal Σ needs the exact Jacobian once more (only when asked for)
             noise = fit_sde_noise(self, model, inputs, names, f0, targets, rows, max_memory)
-        self.eigenvalues_, self.eigenvectors_ = ntk_eigh(ntk)
-        self.ntk_ = ntk
-        self.f0_ = f0
-        self.targets_ = targets
-        self.n_samples_, self.n_outputs_ = f0.shape
+        self._set_kernel(ntk, f0, targets)
         self.n_params_ = int(sum(p.numel() for p in params))
         self.trainable_parameter_names_ = names
         self.projected_jacobian_ = rows
@@ -329,6 +339,36 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
         self._fit_trust(self.model, inputs, names)  # sktt.estimators._trust
         self.fit_seconds_ = time.perf_counter() - start
         return self
+
+    def _set_kernel(self, ntk, f0, targets):
+        """Fitted state shared by both fits: Θ, its spectrum, outputs, targets."""
+        self.eigenvalues_, self.eigenvectors_ = ntk_eigh(ntk)
+        self.ntk_ = ntk
+        self.f0_ = f0
+        self.targets_ = targets
+        self.n_samples_, self.n_outputs_ = f0.shape
+        self._kernel = DenseKernel(ntk, f0.shape[1], eigh=(self.eigenvalues_, self.eigenvectors_))
+        self._jw0 = None  # Φ0 = J·w0, computed on the first weight-decay prediction
+
+    def _problem(self, recipe):
+        """The linearised problem a recipe is simulated on (Φ0 only when it needs it)."""
+        labels = labels_of(self.targets_, self.loss) if self._has_error_metric() else None
+        jw0 = self._weight_anchor() if recipe.weight_decay > 0 else None
+        return LinearizedProblem(self.f0_, self.targets_, self.loss, labels=labels, jw0=jw0)
+
+    def _weight_anchor(self):
+        """Φ0 = J·w0 (trainable parameters), one forward-mode pass over the fit inputs."""
+        if self._jw0 is None:
+            if not self._has_trust_state():
+                raise ValueError("weight_decay > 0 needs J·w0 (one forward-mode pass of the "
+                                 "model); a predictor fitted with model='precomputed' has no "
+                                 "model. Fit with the torch model instead.")
+            from ._trust import _operator  # the Jacobian operator at the fit snapshot
+
+            with model_untouched(self.model):
+                op = _operator(self)
+                self._jw0 = op.jvp(op.params).astype(np.float64)
+        return self._jw0
 
     def _precomputed(self):
         return self.model is None or (isinstance(self.model, str) and self.model == "precomputed")
@@ -346,7 +386,7 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
             raise ValueError("refresh_steps / refresh_seconds run real steps of the model, which "
                              "a predictor with model='precomputed' does not have; pass the model.")
         max_memory = self._check_fit_params()
-        self._dynamics_params({})
+        self._setting({})
         from ..gradients._inputs import _to_tensor  # y converted as fit converts it
 
         targets = X.resolve_targets(None if y is None else _to_tensor("y", y, torch.float64).cpu().numpy())
@@ -355,7 +395,7 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
                              "rows from JacobianFeatures.fit_transform(X, y).")
         f0 = X.f0
         targets = check_targets(targets, self.loss, f0.shape[1])
-        self._dynamics_params({}, n_samples=f0.shape[0])
+        self._setting({}, n_samples=f0.shape[0])
         n_rows = X.rows.shape[0]
         if n_rows * n_rows * 8 > max_memory:
             raise MemoryBudgetError(
@@ -363,12 +403,7 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
                 f"float64 = {format_bytes(n_rows * n_rows * 8)}, more than max_memory="
                 f"{format_bytes(max_memory)}. Raise max_memory, or measure the spectrum on a "
                 "subset and extrapolate with GramSpectrum.")
-        ntk = X.ntk()
-        self.eigenvalues_, self.eigenvectors_ = ntk_eigh(ntk)
-        self.ntk_ = ntk
-        self.f0_ = f0
-        self.targets_ = targets
-        self.n_samples_, self.n_outputs_ = f0.shape
+        self._set_kernel(X.ntk(), f0, targets)
         self.n_params_ = int(X.n_params if X.n_params is not None else X.n_columns)
         self.trainable_parameter_names_ = X.parameter_names
         self.projected_jacobian_ = X.rows if X.projection is not None else None
@@ -443,23 +478,23 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
         for b in sizes:
             self.seconds_per_step_[b] = measure_step_time(
                 self.model, X, y, batch_size=b, loss=self.loss, lr=self.lr,
-                momentum=self.momentum, n_repeats=n_repeats, n_warmup=n_warmup,
+                momentum=self.momentum, dampening=self.dampening, nesterov=self.nesterov,
+                weight_decay=self.weight_decay, n_repeats=n_repeats, n_warmup=n_warmup,
                 train_mode=train_mode)
         return self
 
     # ------------------------------------------------------------------ dynamics
-    def _batch_sequence(self, p, n_paths=1):
-        """Per-step batch indices of ``n_paths`` shuffling DataLoaders.
+    def _batch_sequence(self, recipe, n_paths=1):
+        """Per-step batch indices of ``n_paths`` shuffling DataLoaders, ``(P, b)`` per step.
 
         Path ``k`` is exactly the order of ``DataLoader(..., shuffle=True,
         drop_last=drop_last, generator=torch.Generator().manual_seed(self.dataloader_seed(k)))``.
         """
-        paths = [dataloader_batches(self.n_samples_, p["batch_size"], p["n_steps"],
-                                    seed=self.dataloader_seed(k),
-                                    drop_last=bool(p.get("drop_last", False)))
+        paths = [dataloader_batches(self.n_samples_, recipe.batch_size, recipe.n_steps,
+                                    seed=self.dataloader_seed(k), drop_last=recipe.drop_last)
                  for k in range(n_paths)]
         return check_batches([np.stack(step) for step in zip(*paths)], self.n_samples_,
-                             p["n_steps"])
+                             recipe.n_steps)
 
     def dataloader_seed(self, path=0):
         """Seed of the shuffling DataLoader behind simulated SGD path ``path``.
@@ -481,49 +516,49 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
         check_is_fitted(self, "seed_")
         return derive_seed(self.seed_, check_int("path", path, low=0))
 
-    def _curves(self, p, batches=None):
+    def _curves(self, setting, batches=None):
         """Loss and error curves, shape (n_paths, n_steps + 1), cached per setting.
 
         ``batches`` (an explicit batch sequence) bypasses the cache.
         """
+        recipe = setting.recipe
         if batches is not None:
-            if refresh_active(p):
+            if setting.refresh_active:
                 raise ValueError("batches= cannot be combined with refresh_steps / "
                                  "refresh_seconds.")
-            labels = labels_of(self.targets_, self.loss) if self._has_error_metric() else None
-            out = sgd_curves(self, p, labels,
-                             check_user_batches(batches, self.n_samples_, p["n_steps"]))
-            out["divergence"] = self._divergence(p, out)
+            if recipe.resolved_solver != "discrete":
+                raise ValueError(f"batches= describes the minibatches of the exact simulation; "
+                                 f"it needs solver='discrete' (or 'auto'), not "
+                                 f"solver={recipe.solver!r}.")
+            out = self._simulate(recipe, check_user_batches(batches, self.n_samples_,
+                                                            recipe.n_steps))
+            out["divergence"] = self._divergence(setting, out)
             return out
-        key = tuple(p[k] for k in DYNAMICS_PARAMS)
-        if key in self._cache:
-            return self._cache[key]
-        if refresh_active(p):  # closed loop: real steps, then re-linearise (._refresh)
-            out = refreshed_curves(self, p)
-            out["divergence"] = self._divergence(p, out)
-            self._cache[key] = out
-            return out
-        solver = resolve_solver(p)
-        labels = labels_of(self.targets_, self.loss) if self._has_error_metric() else None
-        if solver == "ode":
-            lr_eff = p["lr"] / (1.0 - p["momentum"])
-            if self.loss == "mse":
-                out = mse_closed_form(self.eigenvalues_, self.eigenvectors_, self.f0_,
-                                      self.targets_, lr_eff=lr_eff, n_steps=p["n_steps"],
-                                      labels=labels)
-            else:
-                out = solve_gradient_flow(self.ntk_, self.f0_, self.targets_, loss=self.loss,
-                                          lr_eff=lr_eff, n_steps=p["n_steps"], labels=labels)
-            out = {k: (None if v is None else np.asarray(v)[None]) for k, v in out.items()}
-            out["diverged_at"] = np.array([-1 if np.all(np.isfinite(out["loss"])) else 0])
-        else:  # "discrete" (GD, or SGD on n_paths batch orders) or "sde": sktt.estimators._sgd
-            out = sgd_curves(self, p, labels)
-        out["divergence"] = self._divergence(p, out)
-        self._cache[key] = out
+        if setting.key in self._cache:
+            return self._cache[setting.key]
+        if setting.refresh_active:  # closed loop: real steps, then re-linearise (._refresh)
+            out = refreshed_curves(self, setting)
+        else:
+            out = self._simulate(recipe)
+        out["divergence"] = self._divergence(setting, out)
+        self._cache[setting.key] = out
         return out
 
-    def _divergence(self, p, out):
-        """Why the predicted training under ``p`` diverges (a phrase), or None.
+    def _simulate(self, recipe, batches=None):
+        """The one ``simulate`` call of a plain (open-loop) prediction."""
+        solver = recipe.resolved_solver
+        if batches is None and solver == "discrete" and not recipe.full_batch:
+            batches = self._batch_sequence(recipe, recipe.n_paths)
+        noise = seeds = None
+        if solver == "sde":
+            seeds = sde_seeds(self.seed_, recipe.n_paths)
+            if not recipe.full_batch:
+                noise = noise_factor(self, recipe.sde_noise)
+        return simulate(self._kernel, self._problem(recipe), recipe, batches=batches,
+                        noise_factor=noise, seeds=seeds)
+
+    def _divergence(self, setting, out):
+        """Why the predicted training under ``setting`` diverges (a phrase), or None.
 
         Three signs, any of which makes a training time meaningless: the mean
         loss becomes non-finite; it ends above where it started while the
@@ -531,9 +566,10 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
         oscillates and grows without ever overflowing; below the edge a rise is
         SGD's noise floor, not divergence); or gradient descent is unstable
         although the curve at hand does not show it (the gradient flow of
-        ``solver="ode"`` never diverges; for MSE, heavy-ball GD diverges iff
-        η·λ_max(HΘ)/(2(1+m)) > 1, whatever ``n_steps`` shows).
+        ``solver="ode"`` never diverges; for MSE, the recipe's linear recursion
+        diverges iff its stability ratio exceeds 1, whatever ``n_steps`` shows).
         """
+        recipe = setting.recipe
         loss = np.asarray(out["loss"], dtype=np.float64)
         mean = loss.mean(axis=0) if loss.ndim == 2 else loss
         with np.errstate(invalid="ignore"):
@@ -542,57 +578,59 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
             bad = np.asarray(out.get("diverged_at", [-1]))
             step = int(bad[bad >= 0].min()) if np.any(bad >= 0) else int(np.argmin(finite))
             return f"the loss becomes non-finite at step {step}"
-        solver = resolve_solver(p)
-        sgd = p["batch_size"] is not None
+        solver = recipe.resolved_solver
+        sgd = not recipe.full_batch
         if mean[-1] > mean[0] * (1.0 + 1e-9):
-            ratio = self._stability(p, sgd=sgd)
+            ratio = self._stability(recipe, sgd=sgd)
             if ratio >= 1.0:  # below the edge a rise is SGD's noise floor, not divergence
                 return (f"the loss at step {len(mean) - 1} ({mean[-1]:.4g}) is above where it "
-                        f"starts ({mean[0]:.4g}): past the stability edge (η·λ_max(HΘ)/(2(1+m))"
-                        f" = {ratio:.3g} at w0, 1 is the edge) the linearised loss grows or "
+                        f"starts ({mean[0]:.4g}): past the stability edge (stability ratio "
+                        f"{ratio:.3g} at w0, 1 is the edge) the linearised loss grows or "
                         "oscillates and has not trained within n_steps")
-        if refresh_active(p) or (sgd and solver != "ode"):
+        if setting.refresh_active or (sgd and solver != "ode"):
             return None  # the simulated (or measured) paths above are the verdict
-        ratio = self._stability(p, sgd=False)
+        ratio = self._stability(recipe, sgd=False)
         if ratio <= 1.0 + 1e-9:
             return None
         flow = (" although the gradient flow (solver='ode') does not show it"
                 if solver == "ode" else "")
         if self.loss == "mse":  # constant curvature: past the edge, GD diverges
             return (f"gradient descent with this lr is past its stability edge "
-                    f"(η·λ_max(HΘ)/(2(1+m)) = {ratio:.3g} > 1), so its loss grows without "
+                    f"(stability ratio {ratio:.3g} > 1), so its loss grows without "
                     f"bound{flow}")
         if solver != "ode":
             return None  # cross-entropy GD: the exact simulation above is the verdict
-        gd = simulate_discrete(self.ntk_, self.f0_, self.targets_, loss=self.loss, lr=p["lr"],
-                               momentum=p["momentum"], n_steps=p["n_steps"])["loss"][0]
+        gd = simulate(self._kernel, self._problem(recipe),
+                      recipe.replace(solver="discrete", batch_size=None))["loss"][0]
         if not np.all(np.isfinite(gd)) or gd[-1] > gd[0] * (1.0 + 1e-9):
             return (f"gradient descent with this lr is past its stability edge at w0 "
                     f"(ratio {ratio:.3g}) and its loss ends at {gd[-1]:.4g} > L_0 = "
                     f"{gd[0]:.4g}{flow}")
         return None
 
-    def _stability(self, p, *, sgd):
-        """η·λ_max(H^½ΘH^½)/(2(1+m)) at w0, full batch or over the first SGD batches."""
-        key = ("curvature", p["batch_size"] if sgd else None, bool(p.get("drop_last")) and sgd)
-        if key not in self._cache:  # lr=2, m=0 makes the ratio λ_max(H^½ΘH^½) itself
+    def _curvature(self, recipe, *, sgd):
+        """h = λ_max(H^½ΘH^½) at w0, full batch or the max over the first SGD batches (cached)."""
+        key = ("curvature", recipe.batch_size if sgd else None, recipe.drop_last and sgd)
+        if key not in self._cache:
             batches = None
             if sgd:
-                first = dict(p, n_steps=min(p["n_steps"], 4))
+                first = recipe.replace(n_steps=min(recipe.n_steps, 4), lr_schedule=None)
                 batches = [b[:1] for b in self._batch_sequence(first)]
-            self._cache[key] = stability_ratio(self.ntk_, [self.f0_], self.targets_,
-                                               loss=self.loss, lr=2.0, momentum=0.0,
-                                               batches=batches)
-        return p["lr"] * self._cache[key] / (2.0 * (1.0 + p["momentum"]))
+            self._cache[key] = max_curvature(self._kernel, [self.f0_], self.targets_,
+                                             self.loss, batches=batches)
+        return self._cache[key]
+
+    def _stability(self, recipe, *, sgd):
+        """The recipe's stability ratio at w0 (1 is the edge)."""
+        return recipe.stability_ratio(self._curvature(recipe, sgd=sgd))
 
     def _has_error_metric(self):
         return self.loss == "cross_entropy" or self.n_outputs_ > 1
 
-    def _stability_hint(self, p):
-        lam = self.eigenvalues_[0]
-        scale = self.n_samples_ if self.loss == "cross_entropy" else self.n_samples_ * self.n_outputs_ / 2
-        return (f"η̃·λ_max(Θ)/{'N' if self.loss == 'cross_entropy' else '(N·C/2)'} = "
-                f"{p['lr'] / (1 - p['momentum']) * lam / scale:.3g}; try a smaller lr")
+    def _stability_hint(self, recipe):
+        h = self._curvature(recipe, sgd=False)
+        return (f"stability ratio max_t η_t·(h + λ)/edge = {recipe.stability_ratio(h):.3g} "
+                "with gradient descent at w0; try a smaller lr")
 
     def predict_curve(self, metric="loss", *, return_band=False, quantiles=(0.05, 0.95),
                       batches=None, **overrides):
@@ -628,24 +666,25 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
             ``quantiles`` and ``paths`` (n_paths, n_steps + 1). Deterministic
             solvers give a degenerate band (lower = upper = mean).
         """
-        p, out, band = self._predicted(metric, quantiles, batches, overrides)
-        self._warn_trust(p)
+        setting, out, band = self._predicted(metric, quantiles, batches, overrides)
+        self._warn_trust(setting)
         if out["divergence"] is not None:
             warnings.warn(f"the predicted training diverges: {out['divergence']} "
-                          f"({self._stability_hint(p)}).", DivergenceWarning, stacklevel=2)
+                          f"({self._stability_hint(setting.recipe)}).", DivergenceWarning,
+                          stacklevel=2)
         return band if return_band else band.mean
 
     def _predicted(self, metric, quantiles, batches, overrides):
-        """``(p, out, band)`` of one setting: the work of predict_curve, without warnings."""
+        """``(setting, out, band)``: the work of predict_curve, without warnings."""
         check_is_fitted(self, "ntk_")
         check_choice("metric", metric, METRICS)
         if metric == "error" and not self._has_error_metric():
             raise ValueError("metric='error' needs a classification target: cross-entropy, or MSE "
                              "with C >= 2 outputs (the label is argmax of the target).")
         quantiles = check_quantiles(quantiles)
-        p = self._dynamics_params(overrides)
-        out = self._curves(p, batches)
-        return p, out, curve_band(out[metric], quantiles)
+        setting = self._setting(overrides)
+        out = self._curves(setting, batches)
+        return setting, out, curve_band(out[metric], quantiles)
 
     def predict_time(self, eps=None, metric="loss", *, threshold=None, smooth=None, unit="steps",
                      return_distribution=False, quantiles=(0.05, 0.95), batches=None,
@@ -705,25 +744,19 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
         check_choice("unit", unit, ("steps", "seconds"))
         seconds_per_step = self._seconds_per_step(overrides) if unit == "seconds" else None
         quantiles = check_quantiles(quantiles)
-        p, out, band = self._predicted(metric, quantiles, batches, overrides)
-        self._warn_trust(p)
+        setting, out, band = self._predicted(metric, quantiles, batches, overrides)
+        self._warn_trust(setting)
         if out["divergence"] is not None:
             raise DivergenceError(f"the predicted training diverges, so no training time exists: "
-                                  f"{out['divergence']} ({self._stability_hint(p)}).")
+                                  f"{out['divergence']} ({self._stability_hint(setting.recipe)}).")
         paths = smooth_curve(band.paths, smooth)
         curve = smooth_curve(band.mean, smooth)
         if eps is not None:
-            values = np.asarray(eps, dtype=np.float64)
-            if values.ndim > 1 or not np.all(np.isfinite(values)) or np.any(values <= 0):
-                raise ValueError(f"eps={eps!r} is invalid; accepted: a finite number > 0 or a "
-                                 "1-D array of them.")
+            values = check_eps(eps)
             path_times = epsilon_training_time(paths, values)
             times = point_time(epsilon_training_time(curve, values), path_times)
         else:
-            values = np.asarray(threshold, dtype=np.float64)
-            if values.ndim > 1 or not np.all(np.isfinite(values)):
-                raise ValueError(f"threshold={threshold!r} is invalid; accepted: a finite number "
-                                 "or a 1-D array of them.")
+            values = check_threshold(threshold)
             path_times = threshold_training_time(paths, values)
             times = point_time(threshold_training_time(curve, values), path_times)
             if np.any(times < 0):
@@ -749,7 +782,7 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
     def _seconds_per_step(self, overrides):
         """The measured seconds per step for this call's batch size, or a clear error."""
         check_is_fitted(self, "ntk_")
-        b = self._dynamics_params(overrides)["batch_size"] or self.n_samples_
+        b = self._setting(overrides).recipe.batch_size or self.n_samples_
         measured = getattr(self, "seconds_per_step_", {})
         if b not in measured:
             raise NotFittedError(

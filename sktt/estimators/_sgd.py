@@ -5,7 +5,7 @@ prediction is a distribution. Two solvers simulate it on the linearised model:
 
 ``"discrete"``
     The exact minibatch recursion of ``torch.optim.SGD``
-    (:func:`sktt.dynamics.simulate_discrete`) on ``n_paths`` batch sequences.
+    (:func:`sktt.dynamics.simulate`) on ``n_paths`` batch sequences.
     Path ``k`` is the order of a shuffling ``DataLoader`` whose generator is
     seeded ``dataloader_seed(k) = derive_seed(seed_, k)``
     (:func:`sktt.validation.dataloader_batches` reproduces it, reshuffling each
@@ -23,18 +23,14 @@ import numpy as np
 from sklearn.utils import Bunch
 
 from ..dynamics import (check_batches, diagonal_noise_factor, full_noise_factor,
-                        per_sample_gradients, sde_substeps, simulate_discrete, simulate_sde)
+                        per_sample_gradients)
 from ..dynamics._sde import _factor_from_gram
 from ..exceptions import MemoryBudgetError
 from ..utils import derive_seed, format_bytes
 
-__all__ = ["AUTO_SGD_SOLVER", "TIME_POINT", "resolve_solver", "check_quantiles", "curve_band",
-           "time_distribution", "point_time", "check_user_batches", "noise_factor",
-           "exact_diagonal_noise", "fit_sde_noise", "sgd_curves"]
-
-#: What ``solver="auto"`` runs for minibatch SGD. Chosen by measurement against
-#: real SGD fine-tuning (benchmarks/bench_sgd_accuracy.py, docs/sgd.rst).
-AUTO_SGD_SOLVER = "discrete"
+__all__ = ["TIME_POINT", "check_quantiles", "curve_band", "time_distribution", "point_time",
+           "check_user_batches", "noise_factor", "exact_diagonal_noise", "fit_sde_noise",
+           "sde_seeds"]
 
 #: The point prediction of ``predict_time`` for SGD: T_ε of the mean curve over the
 #: paths (``"mean_curve"``) or the median of the per-path T_ε (``"median"``).
@@ -45,11 +41,9 @@ TIME_POINT = "mean_curve"
 _SDE_STREAM = 1
 
 
-def resolve_solver(p):
-    """The solver a setting runs: ``"auto"`` is ``"discrete"`` for GD, the measured best for SGD."""
-    if p["solver"] != "auto":
-        return p["solver"]
-    return "discrete" if p["batch_size"] is None else AUTO_SGD_SOLVER
+def sde_seeds(seed, n_paths):
+    """One noise seed per SDE path, in a stream apart from the batch orders."""
+    return [derive_seed(seed, k, _SDE_STREAM) for k in range(n_paths)]
 
 
 def check_quantiles(quantiles):
@@ -218,33 +212,3 @@ def fit_sde_noise(est, model, inputs, names, f0, targets, rows, max_memory):
     return {"diagonal": exact_diagonal_noise(
         model, inputs, names, f0, targets, est.loss, chunk_size=est.chunk_size,
         n_jobs=est.n_jobs, max_memory=max_memory, verbose=est.verbose)}
-
-
-def sgd_curves(est, p, labels, batches=None):
-    """Curves of the ``"discrete"`` or ``"sde"`` solver, ``(n_paths, T + 1)``, as ``_curves``.
-
-    ``batches`` (already checked) replaces the seeded batch paths of the
-    discrete solver.
-    """
-    solver = resolve_solver(p)
-    n = est.n_samples_
-    if batches is not None and solver != "discrete":
-        raise ValueError(f"batches= describes the minibatches of the exact simulation; it needs "
-                         f"solver='discrete' (or 'auto'), not solver={solver!r}.")
-    if solver == "discrete":
-        if batches is None and p["batch_size"] is not None:
-            batches = est._batch_sequence(p, p["n_paths"])
-        return simulate_discrete(est.ntk_, est.f0_, est.targets_, loss=est.loss, lr=p["lr"],
-                                 momentum=p["momentum"], n_steps=p["n_steps"], batches=batches,
-                                 labels=labels)
-    b = n if p["batch_size"] is None else p["batch_size"]
-    if b == n:  # no minibatch noise: one deterministic path
-        seeds, factor = [derive_seed(est.seed_, 0, _SDE_STREAM)], np.zeros((n * est.n_outputs_, 1))
-    else:
-        seeds = [derive_seed(est.seed_, k, _SDE_STREAM) for k in range(p["n_paths"])]
-        factor = noise_factor(est, p["sde_noise"])
-    substeps = sde_substeps(p["lr"], p["momentum"], est.eigenvalues_[0], n, est.n_outputs_,
-                            est.loss)
-    return simulate_sde(est.ntk_, est.f0_, est.targets_, loss=est.loss, lr=p["lr"],
-                        momentum=p["momentum"], batch_size=b, n_steps=p["n_steps"],
-                        noise_factor=factor, seeds=seeds, labels=labels, n_substeps=substeps)

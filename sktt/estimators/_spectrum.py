@@ -17,10 +17,11 @@ from sklearn.base import BaseEstimator
 from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ..dynamics import (epsilon_training_time, mse_spectral_loss, smooth_curve,
+from ..dynamics import (TrainingRecipe, check_eps, check_threshold, epsilon_training_time,
+                        simulate, smooth_curve,
                         threshold_training_time)
 from ..exceptions import SpectrumWarning, ThresholdNotReachedError
-from ..gram import (check_ntk, count_positive, extrapolate_eigenvalues, extrapolated_exponent,
+from ..gram import (SpectralKernel, check_ntk, count_positive, extrapolate_eigenvalues, extrapolated_exponent,
                     fit_power_law, fit_projection_tail, ntk_eigh, select_fit_range)
 from ..utils import check_choice, check_fraction, check_int, check_positive_finite
 from ._rows import JacobianRows
@@ -271,16 +272,15 @@ class GramSpectrum(BaseEstimator):
             raise ValueError(f"fit_range={self.fit_range!r} is invalid; accepted: 'auto' or a "
                              "(start, stop) tuple of 1-based indices or fractions.")
 
-    def _dynamics_params(self, overrides):
+    def _recipe(self, overrides):
+        """The gradient-flow recipe of one call (lr, momentum, n_steps), validated."""
         unknown = set(overrides) - set(DYNAMICS_PARAMS)
         if unknown:
             raise TypeError(f"unexpected keyword(s) {sorted(unknown)}; GramSpectrum's predict "
                             f"methods accept the dynamics parameters {list(DYNAMICS_PARAMS)}.")
-        p = {name: overrides.get(name, getattr(self, name)) for name in DYNAMICS_PARAMS}
-        p["lr"] = check_positive_finite("lr", p["lr"])
-        p["momentum"] = check_fraction("momentum", p["momentum"], low=0.0, high=1.0)
-        p["n_steps"] = check_int("n_steps", p["n_steps"], low=1)
-        return p
+        return TrainingRecipe.from_params(
+            {name: overrides.get(name, getattr(self, name)) for name in DYNAMICS_PARAMS},
+        ).replace(solver="ode")
 
     def _residual_layout(self, y, n_rows):
         """Flatten the residual sample-major and return ``(residual, n_outputs)``."""
@@ -548,11 +548,9 @@ class GramSpectrum(BaseEstimator):
         self._check_curve_ready()
         if metric != "loss":
             check_choice("metric", metric, ("loss",))
-        p = self._dynamics_params(overrides)
-        lr_eff = p["lr"] / (1.0 - p["momentum"])
-        return mse_spectral_loss(self.predicted_eigenvalues_, self.predicted_projections_,
-                                 n_rows=self.n_samples_ * self.n_outputs_, lr_eff=lr_eff,
-                                 n_steps=p["n_steps"])
+        kernel = SpectralKernel(self.predicted_eigenvalues_, self.predicted_projections_,
+                                self.n_outputs_)
+        return simulate(kernel, None, self._recipe(overrides))["loss"][0]
 
     def predict_time(self, eps=None, *, threshold=None, smooth=None, **overrides):
         """Predicted ε-training-time on N samples, in steps (or the first step under a threshold).
@@ -585,16 +583,10 @@ class GramSpectrum(BaseEstimator):
             smooth = check_int("smooth", smooth, low=1)
         curve = smooth_curve(self.predict_curve(**overrides), smooth)
         if eps is not None:
-            values = np.asarray(eps, dtype=np.float64)
-            if values.ndim > 1 or not np.all(np.isfinite(values)) or np.any(values <= 0):
-                raise ValueError(f"eps={eps!r} is invalid; accepted: a finite number > 0 or a "
-                                 "1-D array of them.")
+            values = check_eps(eps)
             times = epsilon_training_time(curve, values)
         else:
-            values = np.asarray(threshold, dtype=np.float64)
-            if values.ndim > 1 or not np.all(np.isfinite(values)):
-                raise ValueError(f"threshold={threshold!r} is invalid; accepted: a finite number "
-                                 "or a 1-D array of them.")
+            values = check_threshold(threshold)
             times = threshold_training_time(curve, values)
             if np.any(times < 0):
                 raise ThresholdNotReachedError(

@@ -227,23 +227,23 @@ def _subset_kernel(est, weights, sub):
     return theta
 
 
-def compute_trust(est, p):
-    """The :class:`TrustReport` of a fitted predictor for the dynamics parameters ``p``."""
+def compute_trust(est, recipe):
+    """The :class:`TrustReport` of a fitted predictor for the training recipe ``recipe``."""
     start = time.perf_counter()
     n, c = est.f0_.shape
-    T = p["n_steps"]
+    T = recipe.n_steps
     batches = None
-    if p["batch_size"] is not None:
-        batches = [b[:1] for b in est._batch_sequence(p)]  # one path
+    if not recipe.full_batch:
+        batches = [b[:1] for b in est._batch_sequence(recipe)]  # one path
     record = sorted({0, T // 2, T})
-    coef, outputs = linear_displacement(est.ntk_, est.f0_, est.targets_, loss=est.loss,
-                                        lr=p["lr"], momentum=p["momentum"], n_steps=T,
-                                        batches=batches, record_steps=record)
-    settings = {k: p[k] for k in ("lr", "momentum", "batch_size", "n_steps")}
+    coef, alpha, outputs = linear_displacement(est._kernel, est._problem(recipe), recipe,
+                                               batches=batches, record_steps=record)
+    settings = {"lr": recipe.lr, "momentum": recipe.momentum, "batch_size": recipe.batch_size,
+                "n_steps": T}
     finite = [F for F, _ in (outputs[s] for s in record if s in outputs)
               if np.all(np.isfinite(F))]
-    stab = stability_ratio(est.ntk_, finite or [est.f0_], est.targets_, loss=est.loss,
-                           lr=p["lr"], momentum=p["momentum"], batches=batches)
+    stab = stability_ratio(est._kernel, finite or [est.f0_], est.targets_, loss=est.loss,
+                           recipe=recipe, batches=batches)
     if not np.all(np.isfinite(coef)):
         level, reason, direction = assess_trust(math.nan, math.nan, stab, math.inf, loss=est.loss)
         return TrustReport(level="unreliable", reason="the linearised training diverges; " + reason,
@@ -255,6 +255,8 @@ def compute_trust(est, p):
         op0 = _operator(est)
         delta = op0.vjp(coef)
         w0 = op0.params
+        # w_T − w0 = Jᵀc + α·w0 (α ≠ 0 with weight decay: _displacement)
+        delta = {k: delta[k] + alpha * w0[k].to(torch.float64) for k in w0}
         w1 = {k: (w0[k].to(torch.float64) + delta[k]) for k in w0}
         sub = _probe_samples(est)
         rows = (sub[:, None] * c + np.arange(c)).ravel()
@@ -327,23 +329,24 @@ class TrustMixin:
             self.__dict__.pop(attr, None)
         if not getattr(self, "trust_check", True):
             return
-        p = self._dynamics_params({})
-        report = self._trust_for(p)
+        setting = self._setting({})
+        report = self._trust_for(setting)
         self.trust_ = report
         self.linearity_score_ = report.linearity_score
         self.kernel_lambda_ratio_ = report.lambda_ratio
         self.stability_ratio_ = report.stability_ratio
         self.relative_displacement_ = report.group_displacement
         self.trust_seconds_ = report.seconds
-        self._warn_trust(p, stacklevel=4)
+        self._warn_trust(setting, stacklevel=4)
 
-    def _trust_key(self, p):
-        return tuple(p.get(k) for k in ("lr", "momentum", "batch_size", "n_steps", "drop_last"))
+    def _trust_key(self, setting):
+        # the diagnostic depends on the recipe only (not on the solver or the paths)
+        return setting.recipe.replace(solver="auto", n_paths=1, sde_noise="diagonal")
 
-    def _trust_for(self, p):
-        key = self._trust_key(p)
+    def _trust_for(self, setting):
+        key = self._trust_key(setting)
         if key not in self._trust_cache:
-            self._trust_cache[key] = compute_trust(self, p)
+            self._trust_cache[key] = compute_trust(self, setting.recipe)
         return self._trust_cache[key]
 
     def _has_trust_state(self):
@@ -351,15 +354,13 @@ class TrustMixin:
         precomputed = getattr(self, "_precomputed", None)
         return hasattr(self, "_trust_state") and not (precomputed and precomputed())
 
-    def _warn_trust(self, p, stacklevel=3):
+    def _warn_trust(self, setting, stacklevel=3):
         """Emit one LinearizationWarning per setting whose plain prediction is not ok."""
         if not getattr(self, "trust_check", True) or not self._has_trust_state():
             return
-        from ._refresh import refresh_active
-
-        if refresh_active(p):
+        if setting.refresh_active:
             return  # the closed-loop prediction reports its own measured kernel change
-        key = self._trust_key(p)
+        key = self._trust_key(setting)
         if key in self._trust_warned:
             return
         self._trust_warned.add(key)
@@ -371,32 +372,18 @@ class TrustMixin:
         # A setting other than the fitted one: only the O(1) stability check runs
         # automatically, so a grid of settings stays cheap next to one fit; the
         # kernel-change probe (a few dozen passes) runs on demand in trust_report().
-        stability = self._stability_at_start(p)
+        recipe = setting.recipe
+        stability = self._stability(recipe, sgd=not recipe.full_batch)
         doubtful, bad = STABILITY[self.loss]
         if stability >= doubtful:
             level = "unreliable" if stability >= bad else "doubtful"
             warnings.warn(
-                f"trust={level!r} for lr={p['lr']:g}, momentum={p['momentum']:g}, "
-                f"batch_size={p['batch_size']}, n_steps={p['n_steps']}: the learning rate is "
+                f"trust={level!r} for {recipe.describe()}: the learning rate is "
                 f"{'past' if stability >= 1 else 'near'} the stability edge "
                 f"(η·λ_max(H^½ΘH^½)/(2(1+m)) = {stability:.3g} at w0): the real loss oscillates "
                 "and predicted training times are not reliable. Call trust_report(...) with "
                 "these settings for the full diagnostic.", LinearizationWarning,
                 stacklevel=stacklevel)
-
-    def _stability_at_start(self, p):
-        """Stability ratio at w0 for ``p``; the curvature is cached per batch size."""
-        cache = self._trust_state.setdefault("curvature", {})
-        if p["batch_size"] not in cache:
-            batches = None
-            if p["batch_size"] is not None:
-                first = dict(p, n_steps=min(p["n_steps"], 4))
-                batches = [b[:1] for b in self._batch_sequence(first)]
-            # lr=2, m=0 makes the ratio equal to λ_max(H^½ΘH^½) itself
-            cache[p["batch_size"]] = stability_ratio(self.ntk_, [self.f0_], self.targets_,
-                                                     loss=self.loss, lr=2.0, momentum=0.0,
-                                                     batches=batches)
-        return p["lr"] * cache[p["batch_size"]] / (2.0 * (1.0 + p["momentum"]))
 
     # -------------------------------------------------------------- public
     def trust_report(self, **overrides):
@@ -419,12 +406,10 @@ class TrustMixin:
             raise ValueError("the trust diagnostic differentiates the model at other weights; "
                              "a predictor fitted with model='precomputed' has no model. Fit "
                              "with the torch model instead.")
-        p = self._dynamics_params(overrides)
-        report = self._trust_for(p)
-        from ._refresh import refresh_active
-
-        if refresh_active(p):
-            out = self._curves(p)
+        setting = self._setting(overrides)
+        report = self._trust_for(setting)
+        if setting.refresh_active:
+            out = self._curves(setting)
             info = out.get("refresh") if isinstance(out, dict) else None
             if info is not None:
                 report = replace(report, refresh=dict(info))

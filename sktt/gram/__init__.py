@@ -2,9 +2,13 @@
 
 from ._power_law import (count_positive, extrapolate_eigenvalues, extrapolated_exponent,
                          fit_power_law, fit_projection_tail, select_fit_range)
+from ._kernels import DenseKernel, SpectralKernel, batch_rows
 from ._spectrum import check_ntk, ntk_eigh
 
 __all__ = [
+    "DenseKernel",
+    "SpectralKernel",
+    "batch_rows",
     "check_ntk",
     "count_positive",
     "extrapolate_eigenvalues",

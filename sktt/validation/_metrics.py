@@ -315,6 +315,11 @@ def _check_smooth(smooth):
     return None if smooth is None else check_int("smooth", smooth, low=1)
 
 
+#: Recipe fields reported in ``ValidationResult.params``.
+_RECIPE_REPORT = ("lr", "momentum", "dampening", "nesterov", "weight_decay", "batch_size",
+                  "n_steps", "n_paths", "drop_last")
+
+
 def _check_seeds(seeds):
     if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
         seeds = [seeds]
@@ -401,7 +406,7 @@ def compare_with_real(predictor, X, y=None, *, eps=(0.01, 0.03), metric="loss", 
     >>> res.real_times.shape, res.relative_error.shape
     ((1, 2), (1, 2))
     """
-    if not hasattr(predictor, "ntk_") or not hasattr(predictor, "_dynamics_params"):
+    if not hasattr(predictor, "ntk_") or not hasattr(predictor, "get_recipe"):
         raise TypeError("predictor must be a fitted TrainingTimePredictor; call fit(X, y) first.")
     if not isinstance(predictor.model, torch.nn.Module):
         raise ValueError(f"compare_with_real trains predictor.model for real, but the predictor "
@@ -410,7 +415,11 @@ def compare_with_real(predictor, X, y=None, *, eps=(0.01, 0.03), metric="loss", 
     metric = check_choice("metric", metric, _METRICS)
     eps = _check_eps(eps)
     smooth = _check_smooth(smooth)
-    p = predictor._dynamics_params(overrides)
+    recipe = predictor.get_recipe(**overrides)  # validates the overrides
+    # the recipe as parameters, for the report and the predictions below
+    p = {name: getattr(recipe, name) for name in _RECIPE_REPORT}
+    p["solver"] = overrides.get("solver", predictor.get_params()["solver"])
+    scheduler = overrides.get("lr_scheduler", predictor.get_params()["lr_scheduler"])
 
     _, dtype = model_device_dtype(predictor.model)
     inputs, y = as_inputs(X, y, float_dtype=dtype)
@@ -427,7 +436,7 @@ def compare_with_real(predictor, X, y=None, *, eps=(0.01, 0.03), metric="loss", 
     else:
         y = y.to(dtype).reshape(len(inputs), -1)
 
-    sgd = p["batch_size"] is not None
+    sgd = not recipe.full_batch
     if not sgd:
         seeds = [None]
     elif seeds is None:
@@ -438,15 +447,18 @@ def compare_with_real(predictor, X, y=None, *, eps=(0.01, 0.03), metric="loss", 
     runs = []
     for seed in seeds:
         runs.append(run_real_training(
-            predictor.model, inputs, y, loss=predictor.loss, lr=p["lr"],
-            momentum=p["momentum"], batch_size=p["batch_size"], n_steps=p["n_steps"],
-            seed=0 if seed is None else seed, drop_last=bool(p.get("drop_last", False)),
+            predictor.model, inputs, y, loss=predictor.loss, lr=recipe.lr,
+            momentum=recipe.momentum, dampening=recipe.dampening, nesterov=recipe.nesterov,
+            weight_decay=recipe.weight_decay,
+            lr_scheduler=scheduler if callable(scheduler) else recipe.lr_schedule,
+            batch_size=recipe.batch_size, n_steps=recipe.n_steps,
+            seed=0 if seed is None else seed, drop_last=recipe.drop_last,
             train_mode=train_mode))
 
     # Same batches: predict for exactly the real run's batch sequence, so the curves
     # differ only by the linearisation. Otherwise: the predictor's own prediction.
     same_batches = sgd and len(runs) == 1 and _same_seed_mode(seeds, predictor)
-    predict_kw = dict(p)
+    predict_kw = dict(overrides)
     if same_batches and _accepts(predictor.predict_curve, "batches"):
         predict_kw["batches"] = runs[0].batches
     curves, bands = {}, {}
@@ -461,7 +473,7 @@ def compare_with_real(predictor, X, y=None, *, eps=(0.01, 0.03), metric="loss", 
             # The band describes the spread over the predictor's own batch orders.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                bands[m] = predicted_curve_and_band(predictor, m, **p)[1]
+                bands[m] = predicted_curve_and_band(predictor, m, **overrides)[1]
 
     time_fn = _PredictorTimes(predictor, predict_kw)
     real0, pred0 = runs[0].loss[0], curves["loss"][0]

@@ -15,27 +15,21 @@ user's loop adds around ``optimizer.step()``.
 
 import copy
 import statistics
-import time
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..dynamics import TrainingRecipe
+from ..training import run_steps
+
 from ..gradients._inputs import as_inputs, index_inputs, n_samples_of
-from ..utils import check_choice, check_fraction, check_int, check_positive_finite
+from ..utils import check_choice, check_int
 from ..utils._torch import model_device_dtype, model_untouched, require_trainable
 
 __all__ = ["measure_step_time"]
 
 _LOSSES = ("cross_entropy", "mse")
-
-
-def _synchronize(device):
-    """Wait for queued device work, so the timer sees it (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps" and hasattr(torch, "mps"):
-        torch.mps.synchronize()
 
 
 def _targets_tensor(y, loss, dtype, device, n_outputs):
@@ -56,7 +50,8 @@ def _targets_tensor(y, loss, dtype, device, n_outputs):
 
 
 def measure_step_time(model, X, y=None, *, batch_size, loss="cross_entropy", lr=1e-3,
-                      momentum=0.0, n_repeats=5, n_warmup=2, train_mode=True):
+                      momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
+                      n_repeats=5, n_warmup=2, train_mode=True):
     """Median wall-clock seconds of one SGD step (forward + backward + update).
 
     Parameters
@@ -77,8 +72,9 @@ def measure_step_time(model, X, y=None, *, batch_size, loss="cross_entropy", lr=
     loss : {"cross_entropy", "mse"}, default="cross_entropy"
     lr : float, default=1e-3
         Learning rate of the timed optimiser (the cost does not depend on it).
-    momentum : float, default=0.0
-        Momentum of the timed optimiser (momentum > 0 adds a buffer update).
+    momentum, dampening, nesterov, weight_decay : default=0.0, 0.0, False, 0.0
+        The timed ``torch.optim.SGD``'s other settings (momentum and weight decay
+        add element-wise work to the update).
     n_repeats : int, default=5
         Timed steps; the median is returned.
     n_warmup : int, default=2
@@ -111,8 +107,6 @@ def measure_step_time(model, X, y=None, *, batch_size, loss="cross_entropy", lr=
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
     check_choice("loss", loss, _LOSSES)
     batch_size = check_int("batch_size", batch_size, low=1)
-    lr = check_positive_finite("lr", lr)
-    momentum = check_fraction("momentum", momentum, low=0.0, high=1.0)
     n_repeats = check_int("n_repeats", n_repeats, low=1)
     n_warmup = check_int("n_warmup", n_warmup, low=0)
     device, dtype = model_device_dtype(model)
@@ -128,29 +122,19 @@ def measure_step_time(model, X, y=None, *, batch_size, loss="cross_entropy", lr=
         first = tuple(t[:1] for t in batch) if isinstance(batch, tuple) else batch[:1]
         n_outputs = (model(*first) if isinstance(first, tuple) else model(first)).shape[-1]
     targets = _targets_tensor(y[idx], loss, dtype, device, n_outputs)
-    loss_fn = nn.functional.cross_entropy if loss == "cross_entropy" else nn.functional.mse_loss
-
-    times = []
+    steps = n_warmup + n_repeats
+    recipe = TrainingRecipe.from_params(dict(lr=lr, momentum=momentum, dampening=dampening,
+                                             nesterov=nesterov, weight_decay=weight_decay,
+                                             n_steps=steps))
     with model_untouched(model):
         # RNG and modes are restored by model_untouched; the copy holds the rest.
         net = copy.deepcopy(model)
         _, params = require_trainable(net)
-        for p in net.parameters():
-            p.grad = None
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
-        net.train(bool(train_mode))
-        for k in range(n_warmup + n_repeats):
-            _synchronize(device)
-            start = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            out = net(*batch) if isinstance(batch, tuple) else net(batch)
-            loss_fn(out, targets).backward()
-            opt.step()
-            _synchronize(device)
-            if k >= n_warmup:
-                times.append(time.perf_counter() - start)
-        del net, opt
-    seconds = float(statistics.median(times))
+        _, times = run_steps(net, params, batch, targets, recipe,
+                             [np.arange(batch_size)] * steps, loss=loss,
+                             train_mode=train_mode)
+        del net
+    seconds = float(statistics.median(times[n_warmup:]))
     if not np.isfinite(seconds) or seconds <= 0:  # pragma: no cover - clock failure
         raise RuntimeError(f"measured a non-positive step time ({seconds!r} s).")
     return seconds

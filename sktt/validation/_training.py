@@ -1,6 +1,7 @@
 """Real fine-tuning, recorded the way the predictions are made.
 
 :func:`run_real_training` trains a copy of a model with ``torch.optim.SGD``
+(momentum, dampening, Nesterov, weight decay, and an LR scheduler)
 and records the full-training-set loss and error after every step, with the
 conventions of the predictors (DESIGN.md section 2): only parameters with
 ``requires_grad=True`` are trained, the loss is torch's mean-reduced
@@ -13,14 +14,15 @@ own loop with a DataLoader) can see the same minibatches.
 """
 
 import copy
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..utils import check_choice, check_fraction, check_positive_finite
+from ..dynamics import TrainingRecipe
+from ..training import run_steps, scheduled_learning_rates
+from ..utils import check_choice
 from ..utils._batches import _check_int, dataloader_batches
 from ..utils._torch import require_trainable
 
@@ -100,6 +102,10 @@ def run_real_training(
     loss="cross_entropy",
     lr,
     momentum=0.0,
+    dampening=0.0,
+    nesterov=False,
+    weight_decay=0.0,
+    lr_scheduler=None,
     batch_size=None,
     n_steps=None,
     batches=None,
@@ -126,8 +132,14 @@ def run_real_training(
         torch's default mean reduction.
     lr : float
         Learning rate of ``torch.optim.SGD``.
-    momentum : float, default=0.0
-        SGD momentum (heavy ball, dampening 0, no Nesterov).
+    momentum, dampening : float, default=0.0
+        ``torch.optim.SGD``'s momentum and dampening.
+    nesterov : bool, default=False
+    weight_decay : float, default=0.0
+        ``torch.optim.SGD``'s coupled L2 term (``grad + weight_decay·w``).
+    lr_scheduler : callable, array-like or None, default=None
+        A callable taking the optimizer and returning a torch LR scheduler,
+        stepped once per optimiser step; or the per-step rates; None = constant.
     batch_size : int, optional
         Minibatch size; None (or ``>= N``) means full-batch GD.
     n_steps : int, optional
@@ -159,7 +171,8 @@ def run_real_training(
     -----
     Step ``k`` computes ``L_B(w) = mean over i in B of l(f_w(x_i), y_i)``
     (for MSE also averaged over the ``C`` outputs), back-propagates it and
-    calls ``SGD.step()``: ``v <- m v + grad``, ``w <- w - lr v``.
+    calls ``SGD.step()`` (the loop of :func:`sktt.training.run_steps`, shared
+    with the refresh and :func:`measure_step_time`).
 
     Examples
     --------
@@ -173,8 +186,9 @@ def run_real_training(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
     check_choice("loss", loss, _LOSSES)
-    lr = check_positive_finite("lr", lr)  # lr=inf would give NaN curves, not an error
-    momentum = check_fraction("momentum", momentum, low=0.0, high=1.0)
+    recipe_params = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                         weight_decay=weight_decay)
+    TrainingRecipe.from_params(recipe_params)  # fail early, before copying the model
 
     rng_state = torch.get_rng_state()
     try:
@@ -243,27 +257,20 @@ def run_real_training(
             batches = batches[:n_steps]
 
         _, params = require_trainable(net)
-        for p in net.parameters():
-            p.grad = None
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
-        loss_fn = (nn.functional.cross_entropy if loss == "cross_entropy"
-                   else nn.functional.mse_loss)
-
+        recipe = TrainingRecipe.from_params(
+            dict(recipe_params, n_steps=max(n_steps, 1)),
+            learning_rates=scheduled_learning_rates(lr, lr_scheduler, max(n_steps, 1)))
         losses = np.empty(n_steps + 1)
         errors = np.empty(n_steps + 1)
         net.eval()
         losses[0], errors[0] = _eval_full(net, X, targets, labels, loss)
-        elapsed = 0.0
-        for k, idx in enumerate(batches):
-            idx_t = torch.as_tensor(idx, device=device)
-            net.train(train_mode)
-            t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            loss_fn(net(X[idx_t]), targets[idx_t]).backward()
-            opt.step()
-            elapsed += time.perf_counter() - t0
-            net.eval()
-            losses[k + 1], errors[k + 1] = _eval_full(net, X, targets, labels, loss)
+
+        def record(t, model):
+            losses[t], errors[t] = _eval_full(model, X, targets, labels, loss)
+
+        _, seconds = run_steps(net, params, X, targets, recipe, batches, loss=loss,
+                               lr_scheduler=lr_scheduler if callable(lr_scheduler) else None,
+                               train_mode=train_mode, after_step=record)
     finally:
         torch.set_rng_state(rng_state)
 
@@ -271,5 +278,5 @@ def run_real_training(
         loss=losses,
         error=errors,
         batches=list(batches),
-        seconds_per_step=elapsed / n_steps if n_steps else float("nan"),
+        seconds_per_step=sum(seconds) / n_steps if n_steps else float("nan"),
     )
