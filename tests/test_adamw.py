@@ -173,3 +173,78 @@ def test_simulate_rejects_short_lrs():
     with pytest.raises(ValueError, match="w0"):
         simulate_adamw(rows, np.zeros(5), F0, np.array([0, 1]), loss="cross_entropy",
                        lrs=[0.1])
+
+
+# ---------------------------------------------------------------------------------------------
+# frozen-preconditioner kernel mode (sktt.dynamics._adamw_kernel)
+
+from sktt.dynamics._adamw_kernel import adamw_kernels, simulate_adamw_kernel  # noqa: E402
+from sktt.dynamics._losses import loss_value_and_gradient  # noqa: E402
+
+
+def _frozen_adam_reference(rows, w0, F0, y, loss, lrs, v0, groups, wd, batches, rescale,
+                           betas=(0.9, 0.999), eps=1e-8):
+    """Parameter-space Adam with frozen denominators √(ρ_{g,t} v̂0) (the kernel mode's model)."""
+    b1, b2 = betas
+    n, c = F0.shape
+    P = 1.0 / (np.sqrt(v0) + eps)
+    w, m = w0.copy(), np.zeros_like(w0)
+    ema = np.zeros(len(groups))
+    refs = np.array([np.sum(v0[s] * P[s] ** 2) for s in groups])
+    curve = []
+    for t in range(len(lrs) + 1):
+        F = F0 + (rows @ (w - w0)).reshape(n, c)
+        value, grad = loss_value_and_gradient(F, y, loss)
+        curve.append(value)
+        if t == len(lrs):
+            break
+        idx = np.arange(n) if batches is None else batches[t]
+        gb = loss_value_and_gradient(F[idx], y[idx], loss)[1].reshape(-1)
+        r = (idx[:, None] * c + np.arange(c)).reshape(-1)
+        g = gb @ rows[r]
+        w = w * (1 - lrs[t] * wd)
+        m = b1 * m + (1 - b1) * g
+        step = P * m * lrs[t] / (1 - b1 ** (t + 1))
+        if rescale:
+            for k, s in enumerate(groups):
+                ema[k] = b2 * ema[k] + (1 - b2) * np.sum((P[s] * g[s]) ** 2)
+                step[s] /= np.sqrt(ema[k] / (1 - b2 ** (t + 1)) / refs[k])
+        w = w - step
+    return np.array(curve)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+@pytest.mark.parametrize("rescale", ["none", "group"])
+@pytest.mark.parametrize("minibatch", [False, True])
+def test_kernel_mode_is_frozen_preconditioned_adam(loss, rescale, minibatch):
+    rng = np.random.default_rng(0)
+    n, c, d = 12, 3, 40
+    rows = rng.standard_normal((n * c, d))
+    w0, F0 = rng.standard_normal(d), rng.standard_normal((n, c))
+    y = rng.integers(0, c, n) if loss == "cross_entropy" else rng.standard_normal((n, c))
+    v0 = rng.uniform(0.01, 1.0, d)
+    groups = [slice(0, 15), slice(15, d)]
+    lrs = np.linspace(0.01, 0.002, 25)
+    batches = [rng.choice(n, 4, replace=False) for _ in range(25)] if minibatch else None
+    ref = _frozen_adam_reference(rows, w0, F0, y, loss, lrs, v0, groups, 0.01, batches,
+                                 rescale == "group")
+    kp, kp2, refs = adamw_kernels(rows, v0, groups)
+    out = simulate_adamw_kernel(kp, F0, y, loss=loss, lrs=lrs, weight_decay=0.01,
+                                jw0=rows @ w0, rescale=rescale, rescale_kernels=kp2,
+                                rescale_refs=refs,
+                                batches=None if batches is None else check_batches(batches, n, 25))
+    assert_allclose(out["loss"][0], ref, rtol=1e-10)
+
+
+def test_kernel_mode_bad_inputs():
+    kp, F0, y = np.eye(6), np.zeros((2, 3)), np.array([0, 1])
+    with pytest.raises(ValueError, match="jw0"):
+        simulate_adamw_kernel(kp, F0, y, loss="cross_entropy", lrs=[0.1], weight_decay=0.1)
+    with pytest.raises(ValueError, match="rescale"):
+        simulate_adamw_kernel(kp, F0, y, loss="cross_entropy", lrs=[0.1], rescale="layer")
+    with pytest.raises(ValueError, match="rescale_kernels"):
+        simulate_adamw_kernel(kp, F0, y, loss="cross_entropy", lrs=[0.1], rescale="group")
+    with pytest.raises(ValueError, match="betas"):
+        simulate_adamw_kernel(kp, F0, y, loss="cross_entropy", lrs=[0.1], betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="v0"):
+        adamw_kernels(np.ones((6, 4)), -np.ones(4))
