@@ -14,6 +14,8 @@ from torch.func import functional_call, jacrev, vmap
 
 from sktt.dynamics import check_batches
 from sktt.dynamics._adamw import check_adamw_params, simulate_adamw
+from sktt.dynamics._adamw_kernel import adamw_kernels, simulate_adamw_kernel
+from sktt.dynamics._losses import loss_value_and_gradient
 
 N, N_VAL, N_IN, K, C, T = 24, 10, 6, 8, 3, 30
 
@@ -178,8 +180,6 @@ def test_simulate_rejects_short_lrs():
 # ---------------------------------------------------------------------------------------------
 # frozen-preconditioner kernel mode (sktt.dynamics._adamw_kernel)
 
-from sktt.dynamics._adamw_kernel import adamw_kernels, simulate_adamw_kernel  # noqa: E402
-from sktt.dynamics._losses import loss_value_and_gradient  # noqa: E402
 
 
 def _frozen_adam_reference(rows, w0, F0, y, loss, lrs, v0, groups, wd, batches, rescale,
@@ -229,10 +229,10 @@ def test_kernel_mode_is_frozen_preconditioned_adam(loss, rescale, minibatch):
     ref = _frozen_adam_reference(rows, w0, F0, y, loss, lrs, v0, groups, 0.01, batches,
                                  rescale == "group")
     kp, kp2, refs = adamw_kernels(rows, v0, groups)
+    sim_batches = None if batches is None else check_batches(batches, n, 25)
     out = simulate_adamw_kernel(kp, F0, y, loss=loss, lrs=lrs, weight_decay=0.01,
                                 jw0=rows @ w0, rescale=rescale, rescale_kernels=kp2,
-                                rescale_refs=refs,
-                                batches=None if batches is None else check_batches(batches, n, 25))
+                                rescale_refs=refs, batches=sim_batches)
     assert_allclose(out["loss"][0], ref, rtol=1e-10)
 
 
