@@ -40,6 +40,9 @@ from ._rows import JacobianRows
 __all__ = ["TrainingTimePredictor"]
 
 METRICS = ("loss", "error")
+# The stability ratio (TrainingRecipe.stability_ratio) as messages name it; with
+# dampening, Nesterov or weight decay the recipe generalises the edge.
+_EDGE = "η·λ_max(HΘ)/(2(1+m))"
 
 
 class TrainingTimePredictor(TrustMixin, BaseEstimator):
@@ -584,7 +587,7 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
             ratio = self._stability(recipe, sgd=sgd)
             if ratio >= 1.0:  # below the edge a rise is SGD's noise floor, not divergence
                 return (f"the loss at step {len(mean) - 1} ({mean[-1]:.4g}) is above where it "
-                        f"starts ({mean[0]:.4g}): past the stability edge (stability ratio "
+                        f"starts ({mean[0]:.4g}): past the stability edge ({_EDGE} = "
                         f"{ratio:.3g} at w0, 1 is the edge) the linearised loss grows or "
                         "oscillates and has not trained within n_steps")
         if setting.refresh_active or (sgd and solver != "ode"):
@@ -596,7 +599,7 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
                 if solver == "ode" else "")
         if self.loss == "mse":  # constant curvature: past the edge, GD diverges
             return (f"gradient descent with this lr is past its stability edge "
-                    f"(stability ratio {ratio:.3g} > 1), so its loss grows without "
+                    f"({_EDGE} = {ratio:.3g} > 1), so its loss grows without "
                     f"bound{flow}")
         if solver != "ode":
             return None  # cross-entropy GD: the exact simulation above is the verdict
@@ -629,8 +632,11 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
 
     def _stability_hint(self, recipe):
         h = self._curvature(recipe, sgd=False)
-        return (f"stability ratio max_t η_t·(h + λ)/edge = {recipe.stability_ratio(h):.3g} "
-                "with gradient descent at w0; try a smaller lr")
+        lam = self.eigenvalues_[0]
+        scale = (self.n_samples_ if self.loss == "cross_entropy"
+                 else self.n_samples_ * self.n_outputs_ / 2)
+        return (f"η̃·λ_max(Θ)/{'N' if self.loss == 'cross_entropy' else '(N·C/2)'} = "
+                f"{recipe.effective_lr * lam / scale:.3g}; try a smaller lr")
 
     def predict_curve(self, metric="loss", *, return_band=False, quantiles=(0.05, 0.95),
                       batches=None, **overrides):

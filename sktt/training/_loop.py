@@ -33,9 +33,10 @@ def torch_targets(targets, loss, dtype, device):
     return torch.as_tensor(np.asarray(targets), dtype=dtype, device=device)
 
 
-def make_optimizer(params, recipe):
-    """``torch.optim.SGD`` with the recipe's settings (its first learning rate)."""
-    return torch.optim.SGD(params, lr=float(recipe.learning_rates[0]), momentum=recipe.momentum,
+def make_optimizer(params, recipe, *, lr=None):
+    """``torch.optim.SGD`` with the recipe's settings; ``lr`` defaults to its first rate."""
+    lr = float(recipe.learning_rates[0]) if lr is None else lr
+    return torch.optim.SGD(params, lr=lr, momentum=recipe.momentum,
                            dampening=recipe.dampening, nesterov=recipe.nesterov,
                            weight_decay=recipe.weight_decay)
 
@@ -96,7 +97,8 @@ def run_steps(net, params, inputs, targets, recipe, batches, *, loss, lr_schedul
     device = params[0].device
     for p in net.parameters():
         p.grad = None
-    opt = make_optimizer(params, recipe)
+    # a torch scheduler starts from the base rate, as in the user's own loop
+    opt = make_optimizer(params, recipe, lr=recipe.lr if callable(lr_scheduler) else None)
     scheduler = lr_scheduler(opt) if callable(lr_scheduler) else None
     rates = recipe.learning_rates
     loss_fn = torch_loss(loss)
