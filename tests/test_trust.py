@@ -157,7 +157,7 @@ def test_overrides_are_diagnosed_lazily_and_cached():
     ttp.predict_curve(lr=0.2, n_steps=100)
     assert ttp._trust_key(ttp._setting(dict(lr=0.2, n_steps=100))) not in ttp._trust_cache
     # ... and warns when the setting is past the stability edge
-    edge = 2.0 / ttp._trust_state["curvature"][None]
+    edge = 2.0 / ttp._curvature(ttp.get_recipe(), sgd=False)
     with pytest.warns(LinearizationWarning, match="stability edge"):
         ttp.predict_curve(lr=10 * edge, n_steps=100)
     report = ttp.trust_report(lr=0.2, n_steps=100)
