@@ -12,7 +12,8 @@ regenerates the same projection from the seed, so results do not depend on
 Two ways to the same numbers (``jacobian_method``): ``"functorch"`` maps ``vmap``
 over whole-model vector-Jacobian products (:mod:`._jacobian`, the reference);
 ``"layerwise"`` forms per-sample gradients per layer from one forward and C
-backward passes (:mod:`._layerwise`), falling back to ``torch.func`` for the
+backward passes (rules :mod:`._layer_rules`, recorder :mod:`._recorder`, plan
+:mod:`._layerwise_plan`), falling back to ``torch.func`` for the
 parameters it has no rule for. ``"auto"`` uses the layer-wise path when a probe
 shows the model keeps samples independent. Both paths use the same projection
 (same seed, same blocks), so they give the same Θ up to round-off. In the exact
@@ -33,9 +34,11 @@ from ..utils._torch import model_device_dtype
 from ._inputs import index_inputs, n_samples_of
 from ._jacobian import chunk_jacobian
 from ._parallel import cap_chunk_size, map_chunks, n_workers_for
-from ._layerwise import (Dense, concat_storage, dense_gram, exact_mode, factored_gram,
-                         layerwise_chunk, plan_layerwise, projected_rows, storage_bytes,
-                         sum_dense, to_storage)
+from ._factor_gram import concat_storage, dense_gram, factored_gram, to_storage
+from ._layer_rules import Dense, sum_dense
+from ._layerwise_plan import exact_mode, plan_layerwise, storage_bytes
+from ._recorder import layerwise_chunk
+from ._sketch import projected_rows
 from ._projection import BlockProjector
 
 __all__ = ["JACOBIAN_METHODS", "model_outputs", "jacobian_rows", "ntk_from_model",
