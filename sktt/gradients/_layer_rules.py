@@ -14,6 +14,13 @@ per-sample gradients of its parameters are products of :math:`a` and
   patch at output position :math:`p` (any stride, padding, padding mode,
   dilation; ``groups > 1`` formed per group).
 * ``Embedding``: :math:`G_r = \sum_p e_{x_{ip}} \otimes \delta_{rp}`.
+* ``MultiheadAttention`` (self-attention, packed in-projection): its
+  projections are ``F.linear`` calls inside ``F.multi_head_attention_forward``,
+  invisible to module hooks. The recorder recomputes the call from explicit
+  pieces (in-projection, softmax attention, out-projection) and returns that
+  output in place of the module's, so the in-projection is a Linear call on
+  :math:`x` (rule for ``in_proj_weight`` / ``in_proj_bias``) and the
+  out-projection a Linear call of ``out_proj`` on the attention output.
 * ``LayerNorm``, ``RMSNorm``, ``GroupNorm``, ``BatchNorm`` (eval, running
   statistics) and ``InstanceNorm`` affine parameters: :math:`\sum_p
   \delta_{rp} \odot \hat x_{ip}` and :math:`\sum_p \delta_{rp}`.
@@ -28,6 +35,7 @@ it computes something else); the plan (:mod:`._layerwise_plan`) checks on a
 probe that a rule's parameters are used by its module calls only.
 """
 
+import inspect
 import math
 
 import torch
@@ -255,7 +263,83 @@ class _NormRule:
         return 1
 
 
-_RULES = (_LinearRule(), _ConvRule(), _EmbeddingRule(), _NormRule())
+_MHA_SIGNATURE = inspect.signature(nn.MultiheadAttention.forward)
+
+
+class _AttentionRule:
+    """``nn.MultiheadAttention`` as two Linear calls around an explicit attention."""
+
+    classes = (nn.MultiheadAttention,)
+
+    def supports(self, module):
+        return (_stock(module, nn.MultiheadAttention) and module._qkv_same_embed_dim
+                and module.bias_k is None and not module.add_zero_attn
+                and not (module.training and module.dropout > 0))
+
+    def owned(self, module):
+        """Submodules whose calls this rule records (never called as modules by torch)."""
+        return [module.out_proj]
+
+    def record(self, module, args, kwargs, output):
+        """Recompute one call explicitly.
+
+        Returns ``(calls, output)``: ``calls`` a list of ``(module, input, output)``
+        (batch first) to record, ``output`` what the module returns instead, the
+        same values as its own output. None for calls not handled (cross-attention,
+        unbatched or nested inputs): their parameters then fall back.
+        """
+        try:
+            bound = _MHA_SIGNATURE.bind(module, *args, **kwargs)
+        except TypeError:
+            return None
+        bound.apply_defaults()
+        a = bound.arguments
+        query = a["query"]
+        if (not (query is a["key"] and query is a["value"]) or not isinstance(query, torch.Tensor)
+                or query.is_nested or query.dim() != 3):
+            return None
+        x = query if module.batch_first else query.transpose(0, 1)
+        n, length, dim = x.shape
+        heads = module.num_heads
+        # The module's own mask conventions: bool True = masked, float = additive.
+        kpm = F._canonical_mask(mask=a["key_padding_mask"], mask_name="key_padding_mask",
+                                other_type=F._none_or_dtype(a["attn_mask"]),
+                                other_name="attn_mask", target_type=x.dtype)
+        mask = F._canonical_mask(mask=a["attn_mask"], mask_name="attn_mask", other_type=None,
+                                 other_name="", target_type=x.dtype, check_other=False)
+        qkv = F.linear(x, module.in_proj_weight, module.in_proj_bias)  # (n, L, 3E)
+        q, k, v = qkv.reshape(n, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+        scores = (q * (dim // heads) ** -0.5) @ k.transpose(-1, -2)  # (n, H, L, L)
+        if mask is not None:
+            scores = scores + (mask.reshape(n, heads, length, -1) if mask.dim() == 3 else mask)
+        if kpm is not None:
+            scores = scores + kpm.reshape(n, 1, 1, -1)
+        attn = torch.softmax(scores, dim=-1)
+        ctx = (attn @ v).transpose(1, 2).reshape(n, length, dim)
+        out = F.linear(ctx, module.out_proj.weight, module.out_proj.bias)
+        weights = None
+        if a["need_weights"]:
+            weights = attn.mean(1) if a["average_attn_weights"] else attn
+        result = out if module.batch_first else out.transpose(0, 1)
+        return [(module, x, qkv), (module.out_proj, ctx, out)], (result, weights)
+
+    def terms(self, module, inputs, delta, roles):
+        x = inputs[0]
+        n, dim = x.shape[0], module.embed_dim
+        a = x.reshape(n, 1, -1, dim)
+        d = delta.reshape(n, delta.shape[1], -1, 3 * dim)
+        out = {}
+        if "in_proj_weight" in roles:
+            out["in_proj_weight"] = Factored(d, a.to(d.dtype), 3 * dim)
+        if "in_proj_bias" in roles:
+            out["in_proj_bias"] = Dense(d.sum(2))
+        return out
+
+    def positions(self, module, x):
+        return x[0].numel() // module.embed_dim
+
+
+_RULES = (_LinearRule(), _ConvRule(), _EmbeddingRule(), _NormRule(), _AttentionRule())
 
 
 def rule_for(module):

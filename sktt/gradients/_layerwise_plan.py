@@ -93,13 +93,18 @@ class LayerwisePlan:
         self.shapes = {}
         self.positions = {}
         self.saved_bytes_per_sample = 0
+        self.hook_owner = {}
+
+    def _weight_role(self, module, role):
+        if isinstance(module, nn.MultiheadAttention):
+            return role == "in_proj_weight"
+        return (isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding))
+                and role == "weight" and getattr(module, "groups", 1) == 1)
 
     def sketchable(self, name):
         """Whether every term of the parameter's per-sample gradient is Factored."""
         uses = self.uses.get(name, ())
-        return bool(uses) and all(
-            isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)) and role == "weight"
-            and getattr(m, "groups", 1) == 1 for m, role in uses)
+        return bool(uses) and all(self._weight_role(m, role) for m, role in uses)
 
     def factorable(self, name):
         """Sketchable, and its terms concatenate into one Factored (no one-hot/dense mix)."""
@@ -154,7 +159,9 @@ def plan_layerwise(model, names, probe):
             continue
         roles = [(role, p) for role, p in module._parameters.items()
                  if p is not None and id(p) in name_of]
-        if roles:
+        for sub in getattr(rule, "owned", lambda m: [])(module):
+            plan.hook_owner[sub] = module
+        if roles or hasattr(rule, "owned"):
             plan.modules.append(module)
             for role, p in roles:
                 plan.uses.setdefault(name_of[id(p)], []).append((module, role))
@@ -243,6 +250,7 @@ def plan_layerwise(model, names, probe):
     for n in fallback:
         plan.uses.pop(n, None)
     keep = {m for uses in plan.uses.values() for m, _ in uses}
+    keep |= {plan.hook_owner[m] for m in keep if m in plan.hook_owner}
     plan.modules = [m for m in plan.modules if m in keep]
     plan.reason = "; ".join(sorted(why))
     plan.saved_bytes_per_sample = _bytes_per_sample(model, probe, plan)

@@ -56,6 +56,9 @@ class _Recorder:
         self.handles = []
 
     def _hook(self, module, args, kwargs, output):
+        rule = rule_for(module)
+        if hasattr(rule, "record"):  # a module recomputed from explicit pieces
+            return self._record(rule, module, args, kwargs, output)
         x = args[0] if args else kwargs.get("input")
         if not isinstance(x, torch.Tensor) or not isinstance(output, torch.Tensor):
             return None
@@ -67,6 +70,21 @@ class _Recorder:
         if module in self.clone_outputs:
             return output.clone()  # later in-place ops act on the copy, not on our output
         return None
+
+    def _record(self, rule, module, args, kwargs, output):
+        recomputed = rule.record(module, args, kwargs, output)
+        if recomputed is None:
+            return None
+        calls, output = recomputed
+        for mod, x, y in calls:
+            grad_fns = (x.grad_fn,) if x.grad_fn is not None else ()
+            x = x.detach()
+            if mod in self.clone_inputs:
+                x = x.clone()
+            self.calls.append(_Call(mod, (x,), y, grad_fns))
+        if any(mod in self.clone_outputs for mod, _, _ in calls):
+            output = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in output)
+        return output
 
     def __enter__(self):
         for m in self.modules:
@@ -144,6 +162,9 @@ def layerwise_chunk(model, plan, x, *, names=None):
     wanted = set(plan.uses if names is None else [n for n in names if n in plan.uses])
     modules = [m for m in plan.modules
                if any(m is mm for n in wanted for mm, _ in plan.uses[n])]
+    # Calls of some modules (an attention's out_proj) are recorded by their owner's hook.
+    modules += [o for o in {plan.hook_owner[m] for m in modules if m in plan.hook_owner}
+                if o not in modules]
     n = (x[0] if isinstance(x, tuple) else x).shape[0]
     with torch.enable_grad():
         with _Recorder(modules, plan.clone_inputs, plan.clone_outputs) as rec:
