@@ -207,3 +207,27 @@ def test_tiny_bert_layerwise_equals_functorch(monkeypatch):
     model = Bert().eval()
     ids = torch.randint(1, 50, (5, 8), generator=torch.Generator().manual_seed(3))
     _same_ntk_few_warnings(model, ids, 2)
+
+
+def test_auto_times_both_paths_only_when_parameters_fall_back(monkeypatch):
+    import sktt.gradients._extraction as extraction
+
+    seen = []
+    real = extraction._layerwise_is_faster
+
+    def spy(model, names, probe, plan):
+        faster = real(model, names, probe, plan)
+        seen.append((faster, plan.timing))
+        return faster
+
+    monkeypatch.setattr(extraction, "_layerwise_is_faster", spy)
+    torch.manual_seed(0)
+    model = TinyViT().eval()  # cls_token / pos_embed fall back
+    plan = resolve_layerwise_plan(model, _images(), _names(model), "auto")
+    [(faster, timing)] = seen
+    assert set(timing) == {"layerwise", "functorch"}
+    assert (plan is not None) == faster == (timing["layerwise"] <= timing["functorch"])
+    seen.clear()
+    model = TinyViT(tokens=False).eval()  # everything has a rule: no timing, layer-wise
+    assert resolve_layerwise_plan(model, _images(), _names(model), "auto") is not None
+    assert seen == []

@@ -80,6 +80,13 @@ class LayerwisePlan:
         Positions ``P`` (summed over calls) per sample, per layer-wise parameter.
     saved_bytes_per_sample : int
         Memory of the forward graph and output gradients per sample (probe).
+    hook_owner : dict of torch.nn.Module to torch.nn.Module
+        Modules whose calls are recorded by another module's hook (an
+        attention's ``out_proj``, recorded by the attention).
+    n_outputs : int or None
+        C, from the probe.
+    timing : dict of str to float or None
+        Seconds per path on the probe, when ``"auto"`` timed them.
     """
 
     def __init__(self):
@@ -94,6 +101,8 @@ class LayerwisePlan:
         self.positions = {}
         self.saved_bytes_per_sample = 0
         self.hook_owner = {}
+        self.n_outputs = None
+        self.timing = None
 
     def _weight_role(self, module, role):
         if isinstance(module, nn.MultiheadAttention):
@@ -179,6 +188,7 @@ def plan_layerwise(model, names, probe):
             plan.usable = False
             plan.reason = "the model's output is not an (n_samples, n_outputs) tensor"
             return plan
+        plan.n_outputs = out.shape[1]
         # Sample independence: sample 0 alone must give the same outputs as in the batch.
         if n_probe > 1:
             first = probe[:1] if not isinstance(probe, tuple) else tuple(t[:1] for t in probe)
