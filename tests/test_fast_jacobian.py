@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from numpy.testing import assert_allclose
 from torch import nn
 
-import sktt.gradients._layerwise as layerwise
+import sktt.gradients._layerwise_plan as layerwise_plan
+import sktt.gradients._sketch as sketch
 from sktt import TrainingTimePredictor
 from sktt.datasets._models import _BasicBlock
 from sktt.exceptions import MemoryBudgetError
@@ -310,9 +311,9 @@ def test_exact_gram_from_factors_equals_gram_of_gradients(monkeypatch, mode):
     model = TiedNet().double().eval()
     X = _tokens(seed=5)
     ref = _ntk(model, X, 3, "functorch")
-    monkeypatch.setattr(layerwise, "exact_mode",
+    monkeypatch.setattr(layerwise_plan, "exact_mode",
                         lambda plan, name, n, c: mode if plan.factorable(name) else "dense")
-    monkeypatch.setattr("sktt.gradients._extraction.exact_mode", layerwise.exact_mode)
+    monkeypatch.setattr("sktt.gradients._extraction.exact_mode", layerwise_plan.exact_mode)
     _assert_same(_ntk(model, X, 3, "layerwise"), ref)
     conv = Conv2dNet().double().eval()
     _assert_same(_ntk(conv, _images(5, 3, 8), 3, "layerwise"),
@@ -348,7 +349,7 @@ def test_tensorsketch_by_fft_equals_sketch_of_formed_gradients(monkeypatch, fft)
         calls.append(name)
         return plan.sketchable(name) and fft
 
-    monkeypatch.setattr(layerwise, "fft_is_cheaper", forced)
+    monkeypatch.setattr(sketch, "fft_is_cheaper", forced)
     torch.manual_seed(0)
     for model, X in [(Conv2dNet(), _images(5, 3, 8)), (Conv1dNet(), _images(5, 2, 11)[:, :, 0]),
                      (SequenceMLP(), _images(5, 7, 4)[..., 0])]:

@@ -190,7 +190,7 @@ def _fit_that_fails(monkeypatch, where, **kw):
     X, y = _data()
     snap = _Snapshot(model, X, y)
     import sktt.gradients._extraction as extraction
-    import sktt.gradients._layerwise as layerwise
+    import sktt.gradients._recorder as recorder
 
     def boom(*args, **kwargs):
         torch.rand(3)  # consume the global RNG first: it must still be restored
@@ -199,7 +199,7 @@ def _fit_that_fails(monkeypatch, where, **kw):
         raise RuntimeError("injected failure")
 
     if where == "layerwise":  # fail in a forward pass while sktt's hooks are installed
-        real = layerwise._call_model
+        real = recorder._call_model
         calls = []
 
         def call_then_fail(m, x):
@@ -209,7 +209,7 @@ def _fit_that_fails(monkeypatch, where, **kw):
                 boom()
             return out
 
-        monkeypatch.setattr(layerwise, "_call_model", call_then_fail)
+        monkeypatch.setattr(recorder, "_call_model", call_then_fail)
     else:
         monkeypatch.setattr(extraction, "chunk_jacobian", boom)
     ttp = TrainingTimePredictor(model, **kw)

@@ -12,9 +12,12 @@ regenerates the same projection from the seed, so results do not depend on
 Two ways to the same numbers (``jacobian_method``): ``"functorch"`` maps ``vmap``
 over whole-model vector-Jacobian products (:mod:`._jacobian`, the reference);
 ``"layerwise"`` forms per-sample gradients per layer from one forward and C
-backward passes (:mod:`._layerwise`), falling back to ``torch.func`` for the
+backward passes (rules :mod:`._layer_rules`, recorder :mod:`._recorder`, plan
+:mod:`._layerwise_plan`), falling back to ``torch.func`` for the
 parameters it has no rule for. ``"auto"`` uses the layer-wise path when a probe
-shows the model keeps samples independent. Both paths use the same projection
+shows the model keeps samples independent, unless some parameters fall back
+to ``torch.func`` and the two paths, timed on the probe, say ``torch.func``
+alone is faster (:func:`_layerwise_is_faster`). Both paths use the same projection
 (same seed, same blocks), so they give the same Θ up to round-off. In the exact
 layer-wise path, a Linear/Conv weight whose factor Gram
 :math:`\sum_{p,p'}(u\cdot u')(v\cdot v')` is cheaper than :math:`J J^\top`
@@ -33,9 +36,11 @@ from ..utils._torch import model_device_dtype
 from ._inputs import index_inputs, n_samples_of
 from ._jacobian import chunk_jacobian
 from ._parallel import cap_chunk_size, map_chunks, n_workers_for
-from ._layerwise import (Dense, concat_storage, dense_gram, exact_mode, factored_gram,
-                         layerwise_chunk, plan_layerwise, projected_rows, storage_bytes,
-                         sum_dense, to_storage)
+from ._factor_gram import concat_storage, dense_gram, factored_gram, to_storage
+from ._layer_rules import Dense, sum_dense
+from ._layerwise_plan import exact_mode, plan_layerwise, storage_bytes
+from ._recorder import layerwise_chunk
+from ._sketch import projected_rows
 from ._projection import BlockProjector
 
 __all__ = ["JACOBIAN_METHODS", "model_outputs", "jacobian_rows", "ntk_from_model",
@@ -137,7 +142,52 @@ def resolve_layerwise_plan(model, inputs, names, jacobian_method):
         return None
     if not plan.uses:  # nothing has a rule: the reference path does it all
         return None
+    if jacobian_method == "auto" and plan.fallback and not _layerwise_is_faster(
+            model, names, probe, plan):
+        return None
     return plan
+
+
+_TIMING_BYTES = 256 * 1024**2
+
+
+def _layerwise_is_faster(model, names, probe, plan):
+    """Whether the layer-wise path (with its ``torch.func`` fallback) beats ``torch.func``.
+
+    Cost model, measured: with no fallback parameter the layer-wise path costs
+    one forward and C backward passes without weight gradients (0.9-1.1x the
+    autograd floor on a ResNet-18-like net) and always wins. Fallback
+    parameters add a ``vmap`` pass of the whole network for them; when they sit
+    at the input (a ViT's ``cls_token`` / ``pos_embed``, BERT's position
+    embedding) that pass costs about as much as ``torch.func`` for every
+    parameter, and the sum loses (0.45 s against 0.27 s on a small ViT). So the
+    two are timed on the probe batch, after one untimed run each (the first
+    ``vmap`` in a process takes seconds). When one sample's full Jacobian
+    exceeds 256 MiB the timing is skipped and the layer-wise path kept (it is the
+    one whose memory scales with the fallback parameters only).
+    """
+    import time
+
+    params = dict(model.named_parameters())
+    out_dim = plan.n_outputs or 1
+    itemsize = params[names[0]].element_size() if names else 4
+    if n_samples_of(probe) * out_dim * sum(params[n].numel() for n in names) * itemsize \
+            > _TIMING_BYTES:
+        return True
+
+    def layerwise():
+        _layerwise_chunk_rows(model, names, probe, None, plan, None)
+
+    def functorch():
+        chunk_jacobian(model, names, probe)
+
+    seconds = {}
+    for run in (layerwise, functorch, layerwise, functorch):  # first round: warm-up
+        start = time.perf_counter()
+        run()
+        seconds[run.__name__] = time.perf_counter() - start
+    plan.timing = seconds
+    return seconds["layerwise"] <= seconds["functorch"]
 
 
 def _chunk_rows(model, names, x, projector, threads, plan=None, work_bytes=None):

@@ -5,12 +5,28 @@ selected parameters (one vector-Jacobian product per output), ``vmap`` over the
 samples of a chunk. Models that ``vmap`` cannot trace (data-dependent Python
 control flow, in-place ops on inputs, ``.item()``) fall back to a loop of
 ``torch.autograd.grad``, which gives the same numbers more slowly.
+
+Attention: ``F.scaled_dot_product_attention`` dispatches to fused kernels
+(flash, memory-efficient) that have no ``vmap`` batching rule, so ``vmap``
+runs them sample by sample in a loop and warns ("performance drop ...
+batching rule") once per attention call, thousands of warnings per fit.
+Under ``vmap`` the math backend (matmul, softmax, matmul) is used instead: it
+has batching rules and gives the same numbers up to round-off (on one CPU
+core, a small ViT's Jacobian took the same time either way, without the
+warnings; on GPUs the loop over samples is the slow part).
 """
+
+import contextlib
 
 import torch
 from torch.func import functional_call, jacrev, vmap
 
-__all__ = ["chunk_jacobian"]
+try:  # torch >= 2.3
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+except ImportError:  # pragma: no cover - older torch: no backend selection, no fused kernels
+    SDPBackend = sdpa_kernel = None
+
+__all__ = ["chunk_jacobian", "math_attention"]
 
 
 def _constants(model, exclude):
@@ -34,7 +50,15 @@ def _vmap_jacobian(model, params, constants, x):
         out = functional_call(model, {**constants, **p}, batch)
         return out[0]
 
-    return vmap(jacrev(one_sample), in_dims=(None, 0))(params, x)
+    with math_attention():
+        return vmap(jacrev(one_sample), in_dims=(None, 0))(params, x)
+
+
+def math_attention():
+    """Context in which ``scaled_dot_product_attention`` uses its math backend (vmap-friendly)."""
+    if sdpa_kernel is None:
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 def _loop_jacobian(model, params, constants, x):

@@ -34,7 +34,7 @@ Kinds
     (Linear and Conv weights) is :math:`\sum_p \mathrm{CS}_1(u_p) \circledast
     \mathrm{CS}_2(v_p)`, a circular convolution computed with FFTs, so the
     layer-wise fast path never forms the per-sample gradient of a large layer
-    (see :mod:`sktt.gradients._layerwise`).
+    (see :mod:`sktt.gradients._sketch`).
 """
 
 import math

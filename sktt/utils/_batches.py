@@ -1,4 +1,8 @@
-"""The minibatch order of a shuffling ``torch.utils.data.DataLoader``, reproduced.
+"""The minibatch order of a shuffling ``torch.utils.data.DataLoader``.
+
+The batches come from iterating a real DataLoader over ``range(n_samples)``
+(so they follow whatever random draws the installed torch makes), epoch after
+epoch, from a generator seeded like the user's.
 
 Shared by the SGD simulation (which must see the batches a real run sees) and
 the real-training helper.
@@ -60,13 +64,10 @@ def dataloader_batches(
 
     Notes
     -----
-    Per epoch a single-process DataLoader first draws its worker base seed
-    (one int64 ``random_`` call on the generator) when its iterator is
-    created, then ``RandomSampler`` draws ``torch.randperm(N)``, whose
-    consecutive slices are the batches, and, when the epoch is exhausted, a
-    second ``torch.randperm(N)`` of which it keeps ``N % N = 0`` elements.
-    All three draws are reproduced here, so the sequence matches a loop that
-    runs every epoch to its end (a new ``for batch in loader``).
+    The batches are those of a real DataLoader, iterated with a new ``for``
+    per epoch, each epoch run to its end (the DataLoader draws from the
+    generator when an iterator is created and when an epoch is exhausted, so
+    the sequence is that of a loop over whole epochs).
 
     For full-batch gradient descent (``b >= N``) the order inside the single
     batch does not change the mean-reduced gradient (up to floating-point
@@ -93,21 +94,20 @@ def dataloader_batches(
         else:
             generator.manual_seed(int(seed))
 
+    loader = torch.utils.data.DataLoader(
+        range(n_samples), batch_size=batch_size, shuffle=True, drop_last=drop_last,
+        generator=generator, collate_fn=_as_index_array)
     batches = []
-    first_epoch = True
     while len(batches) < n_steps:
-        if not first_epoch:
-            # RandomSampler's trailing `randperm(n)[:num_samples % n]`, run
-            # when the previous epoch's sampler is exhausted.
-            torch.randperm(n_samples, generator=generator)
-        first_epoch = False
-        # The DataLoader iterator's base seed: unused with 0 workers, but it
-        # advances the generator.
-        torch.empty((), dtype=torch.int64).random_(generator=generator)
-        perm = torch.randperm(n_samples, generator=generator).numpy()
-        stop = n_samples - n_samples % batch_size if drop_last else n_samples
-        for start in range(0, stop, batch_size):
-            batches.append(perm[start:start + batch_size].astype(np.int64))
+        # A new iterator per epoch, run to its end unless the steps run out first:
+        # the generator is advanced exactly as in a training loop over epochs.
+        for batch in loader:
+            batches.append(batch)
             if len(batches) == n_steps:
                 break
     return batches
+
+
+def _as_index_array(indices):
+    """Collate a batch of ``range`` items into an int64 index array (no tensor round trip)."""
+    return np.asarray(indices, dtype=np.int64)
