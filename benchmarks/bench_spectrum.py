@@ -110,7 +110,7 @@ def child_subset(args):
     norm = residual_sq_norm(model, X, Y)
     spec = GramSpectrum.from_model(model, X[idx], Y[idx], n_samples=args.n,
                                    residual_sq_norm=norm, max_memory=args.max_memory,
-                                   random_state=0, trust_check=False, **_kernel_kwargs(args),
+                                   random_state=0, **_kernel_kwargs(args),
                                    **DYNAMICS)
     spec.predict_curve()
     seconds = time.perf_counter() - start

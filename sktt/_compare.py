@@ -27,7 +27,8 @@ from .utils import check_choice, check_n_jobs
 
 __all__ = ["Comparison", "compare"]
 
-GRID_KEYS = ("lr", "momentum", "batch_size", "n_steps", "solver", "eps")
+GRID_KEYS = ("lr", "momentum", "dampening", "nesterov", "weight_decay", "lr_scheduler",
+             "batch_size", "n_steps", "solver", "eps")
 _SETTING_COLUMNS = ("lr", "momentum", "batch_size", "n_steps")
 _METRICS = ("loss", "error")
 
@@ -71,11 +72,6 @@ def _check_grid(param_grid):
 
 
 # ---------------------------------------------------------------------- worker
-def _band_api(ttp):
-    """Whether the predictor gives T_ε over its simulated SGD paths."""
-    return "return_distribution" in inspect.signature(ttp.predict_time).parameters
-
-
 def _is_sgd(ttp, dyn):
     return (dyn.get("batch_size", ttp.batch_size) is not None
             or dyn.get("solver", ttp.solver) == "sde")
@@ -87,8 +83,7 @@ def _evaluate(item, model, settings, options):
     params = dict(options["predictor_params"])
     first = {k: v for k, v in settings[0].items() if k != "eps"}
     ttp = TrainingTimePredictor(model, **{**params, **first})
-    if options["quiet_trust"]:
-        ttp.set_params(trust_check=False)  # no fit-time diagnostic of one arbitrary setting
+    ttp.set_params(trust_check=False)  # no fit-time diagnostic of one arbitrary setting
     ttp.fit(X, y)
     n = ttp.n_samples_
     if options["measure_time"]:
@@ -105,13 +100,12 @@ def _evaluate(item, model, settings, options):
         row["eps"] = eps
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DivergenceWarning)  # the diverged column says it
-            if options["quiet_trust"]:
-                warnings.simplefilter("ignore", LinearizationWarning)  # the trust column says it
+            warnings.simplefilter("ignore", LinearizationWarning)  # the trust column says it
             curve = ttp.predict_curve("loss", **dyn)
             diverged = any(issubclass(w.category, DivergenceWarning) for w in caught)
             dist = None
             try:
-                if options["band"] and _is_sgd(ttp, dyn):
+                if _is_sgd(ttp, dyn):
                     dist = ttp.predict_time(eps, options["metric"], return_distribution=True,
                                             **dyn)
                     t_eps = float(dist.point)
@@ -124,7 +118,7 @@ def _evaluate(item, model, settings, options):
             row["final_loss"] = float(curve[-1])
             if options["metric"] == "error":
                 row["final_error"] = float(ttp.predict_curve("error", **dyn)[-1])
-            if options["band"] and options["any_sgd"]:  # quantiles of T_ε over SGD paths
+            if options["any_sgd"]:  # quantiles of T_ε over SGD paths
                 row["t_eps_low"], row["t_eps_high"] = (
                     (float(dist.lower), float(dist.upper)) if dist is not None
                     else (t_eps, t_eps))  # GD: deterministic
@@ -245,10 +239,6 @@ def compare(model, datasets, param_grid=None, *, eps=None, metric="loss", n_jobs
                 raise ValueError(f"batch_size={b!r} is invalid for dataset {name!r} of {n} "
                                  f"samples; accepted: None (full batch) or an int in [1, {n}].")
         items.append((name, X, y))
-    has_trust = "trust_check" in TrainingTimePredictor().get_params()
-    if trust and not has_trust:
-        raise ValueError("trust=True needs TrainingTimePredictor.trust_report, which this "
-                         "version does not have.")
     workers = n_workers_for(n_jobs, len(items))
     params = dict(predictor_params)
     params["n_jobs"] = 1 if workers > 1 else n_jobs  # one level of parallelism
@@ -258,8 +248,7 @@ def compare(model, datasets, param_grid=None, *, eps=None, metric="loss", n_jobs
         columns.append("solver")
     options = {"predictor_params": params, "eps": eps, "metric": metric,
                "measure_time": bool(measure_time), "trust": bool(trust),
-               "quiet_trust": has_trust, "columns": columns,
-               "band": _band_api(TrainingTimePredictor(model)),
+               "columns": columns,
                "any_sgd": any(s.get("batch_size", predictor_params.get("batch_size"))
                               is not None or s.get("solver", predictor_params.get("solver"))
                               == "sde" for s in settings)}

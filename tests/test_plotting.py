@@ -37,20 +37,6 @@ def _saved(fig, tmp_path, name):
     return path
 
 
-class _BandPredictor:
-    """Stands in for a predictor whose predict_curve can return a band."""
-
-    solver = "sde"
-
-    def __init__(self, n_steps=10):
-        self.curve = np.linspace(2.0, 0.5, n_steps + 1)
-
-    def predict_curve(self, metric="loss", return_band=False, **overrides):
-        if not return_band:
-            return self.curve
-        return self.curve, self.curve - 0.1, self.curve + 0.1
-
-
 def test_training_curve_display_from_estimator(fitted, tmp_path):
     ttp, X, y = fitted
     res = compare_with_real(ttp, X, y, seeds=[1, 2])
@@ -75,11 +61,11 @@ def test_training_curve_display_from_estimator(fitted, tmp_path):
 
 
 def test_training_curve_display_band_and_error_metric(fitted, tmp_path):
-    disp = TrainingCurveDisplay.from_estimator(_BandPredictor())
+    ttp, X, y = fitted
+    disp = TrainingCurveDisplay.from_estimator(ttp, solver="sde", sde_noise="full", batch_size=4)
     assert disp.band_ is not None and disp.band_ in disp.ax_.collections
     assert disp.line_.get_label() == "predicted (sde)"
     assert disp.real_lines_ == []
-    ttp, X, y = fitted
     fig, ax = plt.subplots()
     disp = TrainingCurveDisplay.from_estimator(ttp, metric="error", ax=ax, lr=0.1,
                                                real=np.ones(21))

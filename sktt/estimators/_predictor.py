@@ -26,14 +26,16 @@ from ..exceptions import (DivergenceError, DivergenceWarning, NotFittedError,
 from ..gradients import (as_inputs, model_outputs,
                          ntk_from_model)
 from ..gram import DenseKernel, ntk_eigh
+from ..training import measure_step_time
 from ..utils import check_choice, check_int, derive_seed, root_seed
 from ..utils._batches import dataloader_batches
 from ..utils._torch import model_device_dtype, model_untouched, require_trainable
 from ._extraction_params import check_extraction_params
 from ._refresh import refreshed_curves
-from ._setting import DYNAMICS_PARAMS, resolve_setting
+from ._setting import resolve_setting
+from ._spectrum import GramSpectrum
 from ._sgd import (check_quantiles, check_user_batches, curve_band, fit_sde_noise, noise_factor,
-                   point_time, sde_seeds, time_distribution)
+                   sde_seeds, time_distribution)
 from ._trust import TrustMixin
 from ._rows import JacobianRows
 
@@ -455,9 +457,8 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
         Notes
         -----
         Data loading, host-to-device copies, evaluation and logging are not
-        included: see :func:`sktt.validation.measure_step_time`.
+        included: see :func:`sktt.training.measure_step_time`.
         """
-        from ..validation._timing import measure_step_time  # validation imports torch loops
 
         check_is_fitted(self, "ntk_")
         if self._precomputed():
@@ -760,11 +761,12 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
         if eps is not None:
             values = check_eps(eps)
             path_times = epsilon_training_time(paths, values)
-            times = point_time(epsilon_training_time(curve, values), path_times)
+            # the point is T_ε of the mean curve over paths (measured best: docs/sgd.rst)
+            times = epsilon_training_time(curve, values)
         else:
             values = check_threshold(threshold)
             path_times = threshold_training_time(paths, values)
-            times = point_time(threshold_training_time(curve, values), path_times)
+            times = threshold_training_time(curve, values)
             if np.any(times < 0):
                 missed = values[np.atleast_1d(times) < 0] if values.ndim else values
                 raise ThresholdNotReachedError(
@@ -825,8 +827,6 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
         spectrum : GramSpectrum
             Fitted on this predictor's eigendecomposition (no new gradients).
         """
-        from ._spectrum import GramSpectrum
-
         check_is_fitted(self, "ntk_")
         if self.loss != "mse":
             raise ValueError(f"extrapolate needs loss='mse'; this predictor has loss="
@@ -840,13 +840,11 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
         rows = self.projected_jacobian_  # (N·C, D0) when projected, here or in JacobianFeatures
         rank = rows.shape[1] if rows is not None else self.n_params_
         params.setdefault("max_rank", rank)
-        spectrum = GramSpectrum(n_samples, kernel="precomputed", n_outputs=self.n_outputs_,
-                                **params)
         residual = (self.f0_ - self.targets_).ravel()
         projections = (self.eigenvectors_.T @ residual) ** 2
-        spectrum.n_features_in_ = self.ntk_.shape[1]
-        return spectrum._fit_spectrum(self.eigenvalues_, projections, n_outputs=self.n_outputs_,
-                                      rank_bound=None, residual_sq_norm=residual_sq_norm)
+        return GramSpectrum.from_eigh(self.eigenvalues_, projections, n_outputs=self.n_outputs_,
+                                      n_samples=n_samples, residual_sq_norm=residual_sq_norm,
+                                      **params)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -28,14 +28,8 @@ from ..dynamics._sde import _factor_from_gram
 from ..exceptions import MemoryBudgetError
 from ..utils import derive_seed, format_bytes
 
-__all__ = ["TIME_POINT", "check_quantiles", "curve_band", "time_distribution", "point_time",
-           "check_user_batches", "noise_factor", "exact_diagonal_noise", "fit_sde_noise",
+__all__ = ["check_quantiles", "curve_band", "time_distribution", "check_user_batches", "noise_factor", "exact_diagonal_noise", "fit_sde_noise",
            "sde_seeds"]
-
-#: The point prediction of ``predict_time`` for SGD: T_ε of the mean curve over the
-#: paths (``"mean_curve"``) or the median of the per-path T_ε (``"median"``).
-#: Chosen by measurement (docs/sgd.rst).
-TIME_POINT = "mean_curve"
 
 # Seed coordinate that separates the SDE's noise streams from the batch orders.
 _SDE_STREAM = 1
@@ -106,15 +100,6 @@ def time_distribution(times, quantiles, point):
     lower, median, upper = np.quantile(as_float, [lo, 0.5, hi], axis=0, method="inverted_cdf")
     return Bunch(point=point, median=median, lower=lower, upper=upper, quantiles=(lo, hi),
                  times=times.copy())
-
-
-def point_time(curve_times, path_times):
-    """The point T_ε of ``predict_time``: see :data:`TIME_POINT`."""
-    if TIME_POINT == "mean_curve" or len(path_times) == 1:
-        return curve_times
-    as_float = np.where(path_times < 0, np.inf, path_times.astype(np.float64))
-    median = np.quantile(as_float, 0.5, axis=0, method="inverted_cdf")
-    return np.where(np.isfinite(median), median, -1).astype(np.int64)
 
 
 def check_user_batches(batches, n_samples, n_steps):

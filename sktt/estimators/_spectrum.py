@@ -466,14 +466,52 @@ class GramSpectrum(BaseEstimator):
 
     # ------------------------------------------------------------------ constructors
     @classmethod
+    def from_eigh(cls, eigenvalues, projections, *, n_outputs, n_features=None,
+                  rank_bound=None, residual_sq_norm=None, **params):
+        """Fit from a known eigendecomposition of the subset kernel Θ0 (no Jacobians).
+
+        Parameters
+        ----------
+        eigenvalues : ndarray of shape (N0·C,)
+            Eigenvalues of Θ0, descending.
+        projections : ndarray of shape (N0·C,) or None
+            ``(v_kᵀ δy)²`` of the subset residual on each eigenvector.
+        n_outputs : int
+            C.
+        n_features : int, optional
+            Width of the data the kernel came from (``n_features_in_``); defaults
+            to N0·C, as for ``kernel="precomputed"``.
+        rank_bound : int, optional
+            An upper bound of Θ's rank (e.g. the number of parameters).
+        residual_sq_norm : float, optional
+            ‖δy‖² over the full data.
+        **params
+            GramSpectrum parameters (``n_samples``, ``alpha``, ``k0``, ``lr``, ...).
+
+        Returns
+        -------
+        spectrum : GramSpectrum
+            Fitted, with ``kernel="precomputed"``.
+        """
+        if "kernel" in params or "n_outputs" in params:
+            raise TypeError("kernel and n_outputs are set by from_eigh; do not pass them.")
+        spectrum = cls(kernel="precomputed", n_outputs=n_outputs, **params)
+        eigenvalues = np.asarray(eigenvalues, dtype=np.float64)
+        spectrum.n_features_in_ = int(eigenvalues.size if n_features is None else n_features)
+        return spectrum._fit_spectrum(eigenvalues, projections, n_outputs=n_outputs,
+                                      rank_bound=rank_bound, residual_sq_norm=residual_sq_norm)
+
+    @classmethod
     def from_model(cls, model, X, y, *, n_samples, residual_sq_norm=None, projection=None,
                    projection_dim=2048, chunk_size=None, max_memory=None, n_jobs=None,
-                   random_state=None, trust_check=True, **params):
+                   random_state=None, jacobian_method="auto", **params):
         """Fit from a torch model and subset data (MSE): gradients, Θ0, spectrum, extrapolation.
 
-        Runs :class:`~sktt.TrainingTimePredictor` with ``loss="mse"`` on the
-        subset (the same Jacobian / projection code) and
-        :meth:`~sktt.TrainingTimePredictor.extrapolate`.
+        Runs :class:`~sktt.JacobianFeatures` on the subset (the Jacobian /
+        projection code of every sktt estimator) and fits on its rows. For the
+        linearisation's trust diagnostic on the subset, use
+        ``TrainingTimePredictor(model, loss="mse").fit(X, y).extrapolate(n_samples)``,
+        which runs it.
 
         Parameters
         ----------
@@ -485,10 +523,8 @@ class GramSpectrum(BaseEstimator):
             N, the full data size.
         residual_sq_norm : float, optional
             ‖Y − f0(X)‖² over the full data (:func:`sktt.gradients.residual_sq_norm`).
-        projection, projection_dim, chunk_size, max_memory, n_jobs, random_state, trust_check
-            Gradient-extraction parameters of :class:`~sktt.TrainingTimePredictor`
-            (``trust_check`` runs its linearisation diagnostic on the subset and
-            warns if the fixed-kernel assumption looks doubtful).
+        projection, projection_dim, chunk_size, max_memory, n_jobs, random_state, jacobian_method
+            Gradient-extraction parameters of :class:`~sktt.JacobianFeatures`.
         **params
             GramSpectrum parameters (``alpha``, ``k0``, ``lr``, ...).
 
@@ -497,16 +533,14 @@ class GramSpectrum(BaseEstimator):
         spectrum : GramSpectrum
             Fitted.
         """
-        from ._predictor import TrainingTimePredictor  # imports torch
+        from ._features import JacobianFeatures  # imports torch
 
-        dynamics = {name: params.pop(name) for name in DYNAMICS_PARAMS if name in params}
-        ttp = TrainingTimePredictor(model, loss="mse", projection=projection,
-                                    projection_dim=projection_dim, chunk_size=chunk_size,
-                                    max_memory=max_memory, n_jobs=n_jobs,
-                                    random_state=random_state, trust_check=trust_check,
-                                    **dynamics)
-        ttp.fit(X, y)
-        return ttp.extrapolate(n_samples, residual_sq_norm=residual_sq_norm, **params)
+        rows = JacobianFeatures(model, projection=projection, projection_dim=projection_dim,
+                                chunk_size=chunk_size, max_memory=max_memory, n_jobs=n_jobs,
+                                random_state=random_state,
+                                jacobian_method=jacobian_method).fit_transform(X, y)
+        spectrum = cls(n_samples=n_samples, **params)
+        return spectrum.fit(rows, None, residual_sq_norm=residual_sq_norm)
 
     # ------------------------------------------------------------------ predictions
     def extrapolated_spectrum(self):

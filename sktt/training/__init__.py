@@ -9,6 +9,7 @@ scheduler on a throw-away optimizer.
 
 from ._loop import make_optimizer, run_steps, torch_loss, torch_targets
 from ._schedule import scheduled_learning_rates
+from ._timing import measure_step_time
 
-__all__ = ["make_optimizer", "run_steps", "scheduled_learning_rates", "torch_loss",
+__all__ = ["make_optimizer", "measure_step_time", "run_steps", "scheduled_learning_rates", "torch_loss",
            "torch_targets"]

@@ -2,8 +2,8 @@
 seconds per step measured on the user's hardware."""
 
 from ._metrics import ValidationResult, compare_with_real, time_prediction_errors
-from ._timing import measure_step_time
 from ._training import RealTrainingResult, dataloader_batches, run_real_training
+from ..training import measure_step_time  # the one training loop's timer, public here too
 
 __all__ = [
     "RealTrainingResult",

@@ -86,33 +86,6 @@ def _eps_times(curves, eps, smooth):
     return out
 
 
-def _split_band(out):
-    """(curve, band or None) from whatever ``predict_curve(return_band=True)`` returns.
-
-    Accepted: a 1-D curve; a tuple ``(curve, band)`` with band of shape (2, T+1) or
-    None; a tuple ``(curve, lower, upper)``; a mapping with keys ``curve``/``mean``
-    and ``lower``/``upper`` (or ``band``).
-    """
-    if isinstance(out, np.ndarray) and out.ndim == 1:
-        return out, None
-    if hasattr(out, "keys"):
-        curve = out["curve"] if "curve" in out else out["mean"]
-        if "lower" in out and "upper" in out:
-            band = (out["lower"], out["upper"])
-        else:
-            band = out.get("band")
-        return np.asarray(curve, dtype=np.float64), _as_band(band)
-    if isinstance(out, (tuple, list)):
-        if len(out) == 3:
-            return np.asarray(out[0], dtype=np.float64), _as_band(out[1:])
-        if len(out) == 2:
-            return np.asarray(out[0], dtype=np.float64), _as_band(out[1])
-    out = np.asarray(out, dtype=np.float64)
-    if out.ndim == 2 and len(out) == 3:
-        return out[0], out[1:]
-    return out.reshape(-1), None
-
-
 def _as_band(band):
     """A (2, T+1) array of lower and upper edges, or None (also for a zero-width band)."""
     if band is None:
@@ -125,18 +98,10 @@ def _as_band(band):
     return band
 
 
-def _accepts(method, name):
-    try:
-        return name in inspect.signature(method).parameters
-    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
-        return False
-
-
 def predicted_curve_and_band(predictor, metric="loss", **overrides):
     """The predictor's curve and, when it can give one, its (2, T+1) band (else None)."""
-    if _accepts(predictor.predict_curve, "return_band"):
-        return _split_band(predictor.predict_curve(metric, return_band=True, **overrides))
-    return np.asarray(predictor.predict_curve(metric, **overrides), dtype=np.float64), None
+    band = predictor.predict_curve(metric, return_band=True, **overrides)
+    return band.mean, _as_band((band.lower, band.upper))
 
 
 @dataclass
@@ -459,7 +424,7 @@ def compare_with_real(predictor, X, y=None, *, eps=(0.01, 0.03), metric="loss", 
     # differ only by the linearisation. Otherwise: the predictor's own prediction.
     same_batches = sgd and len(runs) == 1 and _same_seed_mode(seeds, predictor)
     predict_kw = dict(overrides)
-    if same_batches and _accepts(predictor.predict_curve, "batches"):
+    if same_batches:
         predict_kw["batches"] = runs[0].batches
     curves, bands = {}, {}
     for m in _METRICS:
@@ -469,7 +434,7 @@ def compare_with_real(predictor, X, y=None, *, eps=(0.01, 0.03), metric="loss", 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # divergence shows as non-finite curves / -1 times
             curves[m], bands[m] = predicted_curve_and_band(predictor, m, **predict_kw)
-        if same_batches and "batches" in predict_kw:
+        if same_batches:
             # The band describes the spread over the predictor's own batch orders.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from ..dynamics import TrainingRecipe
-from ..training import run_steps
 
 from ..gradients._inputs import as_inputs, index_inputs, n_samples_of
+from ._loop import run_steps
 from ..utils import check_choice, check_int
 from ..utils._torch import model_device_dtype, model_untouched, require_trainable
 
