@@ -37,7 +37,8 @@ import torch
 from ..dynamics import (labels_of, loss_value, mse_closed_form, simulate_discrete,
                         solve_gradient_flow, train_error)
 from ..gradients import model_outputs, ntk_from_model
-from ..gradients._inputs import index_inputs
+from ..gradients._inputs import index_inputs, inputs_to
+from ..gradients._outputs import call_model
 from ..gradients._probes import JacobianOperator
 from ..gram import ntk_eigh
 from ..utils import check_int, check_positive_finite, parse_memory
@@ -69,7 +70,7 @@ def refresh_active(p):
 
 
 def _call(model, x):
-    return model(*x) if isinstance(x, tuple) else model(x)
+    return call_model(model, x)
 
 
 def _torch_targets(targets, loss, dtype, device):
@@ -134,7 +135,7 @@ def real_steps(model, names, weights, buffers, inputs, targets, *, loss, lr, mom
             break
         idx_t = torch.as_tensor(np.asarray(idx).reshape(-1))
         x = index_inputs(inputs, idx_t)
-        x = tuple(t.to(device) for t in x) if isinstance(x, tuple) else x.to(device)
+        x = inputs_to(x, device)
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss_fn(_call(net, x), y[idx_t.to(device)]).backward()

@@ -10,6 +10,9 @@ control flow, in-place ops on inputs, ``.item()``) fall back to a loop of
 import torch
 from torch.func import functional_call, jacrev, vmap
 
+from ._inputs import as_model_inputs
+from ._outputs import select_logits
+
 __all__ = ["chunk_jacobian"]
 
 
@@ -26,24 +29,23 @@ def _constants(model, exclude):
     return state
 
 
-def _vmap_jacobian(model, params, constants, x):
-    is_tuple = isinstance(x, tuple)
+def _vmap_jacobian(model, params, constants, x, output):
+    def one_sample(p, args, kwargs):
+        args = tuple(t.unsqueeze(0) for t in args)
+        kwargs = {k: t.unsqueeze(0) for k, t in kwargs.items()}
+        raw = functional_call(model, {**constants, **p}, args, kwargs)
+        return select_logits(raw, output)[0]
 
-    def one_sample(p, xi):
-        batch = tuple(t.unsqueeze(0) for t in xi) if is_tuple else (xi.unsqueeze(0),)
-        out = functional_call(model, {**constants, **p}, batch)
-        return out[0]
-
-    return vmap(jacrev(one_sample), in_dims=(None, 0))(params, x)
+    return vmap(jacrev(one_sample), in_dims=(None, 0, 0))(params, x.args, x.kwargs)
 
 
-def _loop_jacobian(model, params, constants, x):
-    n = (x[0] if isinstance(x, tuple) else x).shape[0]
+def _loop_jacobian(model, params, constants, x, output):
     leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     rows = {k: [] for k in params}
-    for i in range(n):
-        xi = tuple(t[i:i + 1] for t in x) if isinstance(x, tuple) else (x[i:i + 1],)
-        out = functional_call(model, {**constants, **leaves}, xi)[0]
+    for i in range(x.n_samples):
+        xi = x[i:i + 1]
+        raw = functional_call(model, {**constants, **leaves}, xi.args, xi.kwargs)
+        out = select_logits(raw, output)[0]
         per_output = {k: [] for k in params}
         for c in range(out.shape[0]):
             grads = torch.autograd.grad(out[c], list(leaves.values()), retain_graph=True,
@@ -55,7 +57,7 @@ def _loop_jacobian(model, params, constants, x):
     return {k: torch.stack(v) for k, v in rows.items()}
 
 
-def chunk_jacobian(model, names, x, *, method="auto"):
+def chunk_jacobian(model, names, x, *, method="auto", output=None):
     """Jacobian of the model outputs on a chunk of samples.
 
     Parameters
@@ -64,10 +66,13 @@ def chunk_jacobian(model, names, x, *, method="auto"):
         Already in the mode to differentiate (sktt uses eval mode).
     names : list of str
         Parameter names to differentiate.
-    x : Tensor or tuple of Tensor
+    x : ModelInputs, Tensor or tuple of Tensor
         A chunk of inputs, first axis = samples, on the model's device.
     method : {"auto", "vmap", "loop"}
         ``"auto"`` tries ``vmap`` and falls back to the loop.
+    output : None, str, int or callable, default=None
+        Which part of the model's output are the logits
+        (:func:`~sktt.gradients.select_logits`); None uses the one bound to ``x``.
 
     Returns
     -------
@@ -77,12 +82,14 @@ def chunk_jacobian(model, names, x, *, method="auto"):
     all_params = dict(model.named_parameters())
     params = {n: all_params[n].detach() for n in names}
     constants = _constants(model, set(names))
+    x = as_model_inputs(x)
+    output = x.output if output is None else output
     if method in ("auto", "vmap"):
         try:
-            return _vmap_jacobian(model, params, constants, x)
+            return _vmap_jacobian(model, params, constants, x, output)
         except (RuntimeError, NotImplementedError):
             # vmap could not trace this model; the loop below gives the same numbers.
             if method == "vmap":
                 raise
     with torch.enable_grad():
-        return _loop_jacobian(model, params, constants, x)
+        return _loop_jacobian(model, params, constants, x, output)

@@ -414,9 +414,10 @@ def compare_with_real(predictor, X, y=None, *, eps=(0.01, 0.03), metric="loss", 
 
     _, dtype = model_device_dtype(predictor.model)
     inputs, y = as_inputs(X, y, float_dtype=dtype)
-    if isinstance(inputs, tuple):
+    if inputs.single_tensor is None:
         raise TypeError("compare_with_real takes a single input tensor X; models with several "
                         "inputs are not supported by the real-training loop yet.")
+    inputs = inputs.single_tensor
     if len(inputs) != predictor.n_samples_:
         raise ValueError(f"X has {len(inputs)} samples but the predictor was fitted on "
                          f"{predictor.n_samples_}; pass the training data of the fit.")

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..gradients._inputs import as_inputs, index_inputs, n_samples_of
+from ..gradients._inputs import as_inputs, index_inputs, inputs_to, n_samples_of
+from ..gradients._outputs import call_model
 from ..utils import check_choice, check_fraction, check_int, check_positive_finite
 from ..utils._torch import model_device_dtype, model_untouched, require_trainable
 
@@ -123,10 +124,9 @@ def measure_step_time(model, X, y=None, *, batch_size, loss="cross_entropy", lr=
     n = n_samples_of(inputs)
     idx = torch.arange(batch_size) % n  # repeat rows when X is smaller than a batch
     batch = index_inputs(inputs, idx)
-    batch = tuple(t.to(device) for t in batch) if isinstance(batch, tuple) else batch.to(device)
+    batch = inputs_to(batch, device)
     with model_untouched(model), torch.no_grad():  # C, from one sample in eval mode
-        first = tuple(t[:1] for t in batch) if isinstance(batch, tuple) else batch[:1]
-        n_outputs = (model(*first) if isinstance(first, tuple) else model(first)).shape[-1]
+        n_outputs = call_model(model, index_inputs(batch, slice(0, 1))).shape[-1]
     targets = _targets_tensor(y[idx], loss, dtype, device, n_outputs)
     loss_fn = nn.functional.cross_entropy if loss == "cross_entropy" else nn.functional.mse_loss
 
@@ -143,7 +143,7 @@ def measure_step_time(model, X, y=None, *, batch_size, loss="cross_entropy", lr=
             _synchronize(device)
             start = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            out = net(*batch) if isinstance(batch, tuple) else net(batch)
+            out = call_model(net, batch)
             loss_fn(out, targets).backward()
             opt.step()
             _synchronize(device)
