@@ -139,6 +139,9 @@ def _to_tensor(name, value, float_dtype):
         except Exception as exc:  # noqa: BLE001 - re-raised with the parameter name
             raise TypeError(f"{name} of type {type(value).__name__} cannot be converted to a "
                             f"tensor; accepted: {ACCEPTED_X}.") from exc
+        if arr.dtype.kind == "O" and not hasattr(value, "dtype"):  # a set, a model, None...
+            raise TypeError(f"{name} of type {type(value).__name__} is not accepted; accepted: "
+                            f"{ACCEPTED_X}.")
         if arr.dtype.kind not in "biuf":  # object, str, bytes, datetime, complex
             raise TypeError(f"{name} has dtype {arr.dtype}; accepted: numeric arrays or tensors.")
         if not arr.flags.writeable:  # e.g. a pandas Series: torch warns on read-only memory
