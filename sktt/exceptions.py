@@ -9,6 +9,7 @@ from sklearn.exceptions import NotFittedError
 __all__ = [
     "NotFittedError",
     "LinearizationWarning",
+    "AssumptionWarning",
     "DivergenceWarning",
     "SpectrumWarning",
     "ThresholdNotReachedError",
@@ -22,6 +23,10 @@ __all__ = [
 
 class LinearizationWarning(UserWarning):
     """The linearised model is unlikely to describe real fine-tuning well."""
+
+
+class AssumptionWarning(UserWarning):
+    """sktt assumed something about the model the user may not expect (eval mode, dtype)."""
 
 
 class DivergenceWarning(UserWarning):
