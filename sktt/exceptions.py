@@ -4,7 +4,16 @@ Every class here subclasses the closest built-in exception, so ``except
 ValueError`` in user code keeps working.
 """
 
-from sklearn.exceptions import NotFittedError
+
+def __getattr__(name):
+    # scikit-learn's own class (so ``except sklearn.exceptions.NotFittedError`` works), imported
+    # on first use: importing scikit-learn costs scipy.stats and pandas, which workers that
+    # only extract gradients never need
+    if name == "NotFittedError":
+        from sklearn.exceptions import NotFittedError
+
+        return NotFittedError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "NotFittedError",
