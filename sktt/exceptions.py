@@ -4,11 +4,21 @@ Every class here subclasses the closest built-in exception, so ``except
 ValueError`` in user code keeps working.
 """
 
-from sklearn.exceptions import NotFittedError
+
+def __getattr__(name):
+    # scikit-learn's own class (so ``except sklearn.exceptions.NotFittedError`` works), imported
+    # on first use: importing scikit-learn costs scipy.stats and pandas, which workers that
+    # only extract gradients never need
+    if name == "NotFittedError":
+        from sklearn.exceptions import NotFittedError
+
+        return NotFittedError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "NotFittedError",
     "LinearizationWarning",
+    "AssumptionWarning",
     "DivergenceWarning",
     "SpectrumWarning",
     "ThresholdNotReachedError",
@@ -22,6 +32,10 @@ __all__ = [
 
 class LinearizationWarning(UserWarning):
     """The linearised model is unlikely to describe real fine-tuning well."""
+
+
+class AssumptionWarning(UserWarning):
+    """sktt assumed something about the model the user may not expect (eval mode, dtype)."""
 
 
 class DivergenceWarning(UserWarning):

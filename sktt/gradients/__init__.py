@@ -6,8 +6,9 @@ imports torch.
 
 from ._extraction import (JACOBIAN_METHODS, group_parameters, jacobian_rows, model_outputs,
                           ntk_from_model, plan_chunk_size, resolve_layerwise_plan)
-from ._inputs import as_inputs, index_inputs, n_samples_of
+from ._inputs import ModelInputs, as_inputs, index_inputs, inputs_to, n_samples_of
 from ._jacobian import chunk_jacobian
+from ._outputs import call_model, select_logits
 from ._projection import PROJECTIONS, BlockProjector
 from ._residual import residual_sq_norm
 
@@ -15,9 +16,12 @@ __all__ = [
     "JACOBIAN_METHODS",
     "PROJECTIONS",
     "BlockProjector",
+    "ModelInputs",
     "as_inputs",
+    "call_model",
     "chunk_jacobian",
     "index_inputs",
+    "inputs_to",
     "group_parameters",
     "jacobian_rows",
     "model_outputs",
@@ -26,4 +30,5 @@ __all__ = [
     "plan_chunk_size",
     "resolve_layerwise_plan",
     "residual_sq_norm",
+    "select_logits",
 ]

@@ -33,8 +33,9 @@ import torch
 from ..exceptions import MemoryBudgetError
 from ..utils import format_bytes
 from ..utils._torch import model_device_dtype
-from ._inputs import index_inputs, n_samples_of
+from ._inputs import as_model_inputs, index_inputs, inputs_to, n_samples_of
 from ._jacobian import chunk_jacobian
+from ._outputs import select_logits
 from ._parallel import cap_chunk_size, map_chunks, n_workers_for
 from ._factor_gram import concat_storage, dense_gram, factored_gram, to_storage
 from ._layer_rules import Dense, sum_dense
@@ -50,48 +51,40 @@ JACOBIAN_METHODS = ("auto", "layerwise", "functorch")
 _PROBE_SAMPLES = 3
 
 
-def _to_device(x, device):
-    if isinstance(x, tuple):
-        return tuple(t.to(device) for t in x)
-    return x.to(device)
+def model_outputs(model, inputs, *, chunk_size=256, output=None):
+    """Model outputs on all samples (eval mode is the caller's job), float64 ``(N, C)``.
 
-
-def _call(model, x):
-    return model(*x) if isinstance(x, tuple) else model(x)
-
-
-def model_outputs(model, inputs, *, chunk_size=256):
-    """Model outputs on all samples (eval mode is the caller's job), float64 ``(N, C)``."""
+    Parameters
+    ----------
+    model : torch.nn.Module
+    inputs : ModelInputs, Tensor or tuple of Tensor
+        From :func:`~sktt.gradients.as_inputs`.
+    chunk_size : int, default=256
+    output : None, str, int or callable, default=None
+        Which part of the model's output are the logits (:func:`select_logits`).
+    """
+    inputs = as_model_inputs(inputs).bind_output(output)
     device, _ = model_device_dtype(model)
-    n = n_samples_of(inputs)
+    n = inputs.n_samples
     outs = []
     with torch.no_grad():
         for start in range(0, n, chunk_size):
-            chunk = _to_device(index_inputs(inputs, slice(start, start + chunk_size)), device)
+            chunk = inputs[start:start + chunk_size].to(device)
             try:
-                out = _call(model, chunk)
+                raw = chunk.call(model)
             except torch.OutOfMemoryError:
                 raise
             except (RuntimeError, TypeError, ValueError, IndexError) as exc:
                 # shape/dtype mismatches surface deep in the model; say which input it was
-                shapes = [tuple(t.shape) for t in (chunk if isinstance(chunk, tuple) else (chunk,))]
-                dtypes = [str(t.dtype) for t in (chunk if isinstance(chunk, tuple) else (chunk,))]
                 reason = str(exc).splitlines()[0] if str(exc) else ""
                 raise ValueError(
-                    f"the model cannot be called on X (samples {start}..{start + shapes[0][0] - 1}"
-                    f", input shape(s) {shapes}, dtype(s) {dtypes}): {type(exc).__name__}: "
+                    f"the model cannot be called on X (samples {start}..{start + len(chunk) - 1}"
+                    f", {chunk.describe()}): {type(exc).__name__}: "
                     f"{reason}. Accepted: inputs whose per-sample shape and dtype the model's "
                     "forward takes.") from exc
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(f"the model returned {type(out).__name__}; accepted: a model "
-                                "whose forward returns one (n_samples, n_outputs) tensor. Wrap "
-                                "the model to select the logits.")
+            out = select_logits(raw, inputs.output)
             outs.append(out.detach().to("cpu", torch.float64))
     out = torch.cat(outs)
-    if out.ndim != 2:
-        raise ValueError(f"the model's output has shape {tuple(out.shape)}; accepted: a 2-D "
-                         "(n_samples, n_outputs) tensor. Wrap the model to flatten or select "
-                         "its outputs.")
     if out.shape[0] != n:
         raise ValueError(f"the model returned {out.shape[0]} rows for {n} samples; the first "
                          "output axis must be the samples axis.")
@@ -111,16 +104,18 @@ def _set_worker_threads(threads):
         torch.set_num_threads(threads)
 
 
-def resolve_layerwise_plan(model, inputs, names, jacobian_method):
+def resolve_layerwise_plan(model, inputs, names, jacobian_method, *, output=None):
     """The layer-wise plan for ``model``, or None when the ``torch.func`` path is to be used.
 
     Parameters
     ----------
     model : torch.nn.Module
         In eval mode.
-    inputs : Tensor or tuple of Tensor
+    inputs : ModelInputs, Tensor or tuple of Tensor
     names : list of str
     jacobian_method : {"auto", "layerwise", "functorch"}
+    output : None, str, int or callable, default=None
+        Which part of the model's output are the logits (:func:`select_logits`).
 
     Raises
     ------
@@ -133,7 +128,8 @@ def resolve_layerwise_plan(model, inputs, names, jacobian_method):
     if jacobian_method == "functorch":
         return None
     device, _ = model_device_dtype(model)
-    probe = _to_device(index_inputs(inputs, slice(0, _PROBE_SAMPLES)), device)
+    inputs = as_model_inputs(inputs).bind_output(output)
+    probe = inputs[:_PROBE_SAMPLES].to(device)
     plan = plan_layerwise(model, names, probe)
     if not plan.usable:
         if jacobian_method == "layerwise":
@@ -194,7 +190,7 @@ def _chunk_rows(model, names, x, projector, threads, plan=None, work_bytes=None)
     """Jacobian rows of one chunk: ``(n·C, D0)`` projected or ``(n·C, d_group)`` exact, float64."""
     _set_worker_threads(threads)
     device, _ = model_device_dtype(model)
-    x = _to_device(x, device)
+    x = inputs_to(x, device)
     if plan is not None:
         return _layerwise_chunk_rows(model, names, x, projector, plan, work_bytes)
     jac = chunk_jacobian(model, names, x)
@@ -245,13 +241,15 @@ def _chunk_rows_task(x, model, names, projector, plan, work_bytes):
 
 
 def jacobian_rows(model, inputs, names, *, projector=None, chunk_size, n_jobs=None, verbose=0,
-                  jacobian_method="auto", plan=None, work_bytes=None):
+                  jacobian_method="auto", plan=None, work_bytes=None, output=None):
     """Jacobian rows (sample-major, row ``i·C + c``) for parameters ``names``.
 
     Returns an ``(N·C, D0)`` array if ``projector`` is given, else ``(N·C, Σ d)``.
     ``plan`` (from :func:`resolve_layerwise_plan`) skips the probe when already known;
-    ``work_bytes`` bounds the temporaries of one layer on one chunk.
+    ``work_bytes`` bounds the temporaries of one layer on one chunk; ``output`` selects
+    the logits in the model's output (:func:`select_logits`).
     """
+    inputs = as_model_inputs(inputs).bind_output(output)
     if plan is None and jacobian_method != "functorch":
         plan = resolve_layerwise_plan(model, inputs, names, jacobian_method)
     if work_bytes is None:
@@ -292,14 +290,15 @@ def group_parameters(named_sizes, n_rows, budget, *, too_big=_too_big_for_exact_
 
 def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projection_dim=2048,
                    seed=0, chunk_size=None, n_jobs=None, max_memory, verbose=0,
-                   jacobian_method="auto"):
+                   jacobian_method="auto", output=None):
     """The empirical NTK Θ (float64, ``(N·C, N·C)``) and, if projected, the projected rows.
 
     Parameters
     ----------
     model : torch.nn.Module
         In eval mode (the caller's job), never modified.
-    inputs : Tensor or tuple of Tensor
+    inputs : ModelInputs, Tensor or tuple of Tensor
+        From :func:`~sktt.gradients.as_inputs`.
     names : list of str
         Trainable parameter names.
     n_outputs : int
@@ -314,12 +313,17 @@ def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projecti
         Bytes.
     jacobian_method : {"auto", "layerwise", "functorch"}, default="auto"
         How per-sample gradients are computed (see the module docstring).
+    output : None, str, int or callable, default=None
+        Which part of the model's output are the logits (:func:`select_logits`):
+        None takes a tensor as is, ``.logits`` of a ``transformers`` output,
+        ``["logits"]`` of a dict, element 0 of a tuple.
 
     Returns
     -------
     ntk : ndarray of shape (N·C, N·C)
     rows : ndarray of shape (N·C, projection_dim) or None
     """
+    inputs = as_model_inputs(inputs).bind_output(output)
     n = n_samples_of(inputs)
     n_rows = n * n_outputs
     ntk_bytes = n_rows * n_rows * 8
@@ -393,7 +397,7 @@ def _chunk_plan(plan, n, n_outputs, n_params, itemsize, max_memory, avail, chunk
 def _chunk_storage_task(x, model, plan, group, modes, work_bytes):
     """Stored per-sample gradient representations of one chunk for a parameter group."""
     device, _ = model_device_dtype(model)
-    x = _to_device(x, device)
+    x = inputs_to(x, device)
     fallback = [name for name in group if name not in plan.uses]
     reps = layerwise_chunk(model, plan, x, names=group)
     jac = chunk_jacobian(model, fallback, x) if fallback else {}

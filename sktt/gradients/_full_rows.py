@@ -13,7 +13,7 @@ from ..exceptions import MemoryBudgetError
 from ..utils import format_bytes
 from ..utils._torch import model_device_dtype
 from ._extraction import _chunk_plan, jacobian_rows, resolve_layerwise_plan
-from ._inputs import n_samples_of
+from ._inputs import as_model_inputs, n_samples_of
 from ._projection import BlockProjector
 
 __all__ = ["full_jacobian_rows"]
@@ -21,14 +21,14 @@ __all__ = ["full_jacobian_rows"]
 
 def full_jacobian_rows(model, inputs, names, *, n_outputs, projection=None, projection_dim=2048,
                        seed=0, chunk_size=None, n_jobs=None, max_memory, verbose=0,
-                       jacobian_method="auto"):
+                       jacobian_method="auto", output=None):
     """Sample-major Jacobian rows ``(N·C, D0)`` (projected) or ``(N·C, D)`` (exact), float64.
 
     Parameters
     ----------
     model : torch.nn.Module
         In eval mode (the caller's job), never modified.
-    inputs : Tensor or tuple of Tensor
+    inputs : ModelInputs, Tensor or tuple of Tensor
     names : list of str
         Trainable parameter names.
     n_outputs : int
@@ -43,6 +43,9 @@ def full_jacobian_rows(model, inputs, names, *, n_outputs, projection=None, proj
     max_memory : int
         Bytes for the rows and the chunks in flight.
     jacobian_method : {"auto", "layerwise", "functorch"}
+    output : None, str, int or callable, default=None
+        Which part of the model's output are the logits
+        (:func:`~sktt.gradients.select_logits`).
 
     Returns
     -------
@@ -53,6 +56,7 @@ def full_jacobian_rows(model, inputs, names, *, n_outputs, projection=None, proj
     MemoryBudgetError
         If the rows alone exceed ``max_memory``.
     """
+    inputs = as_model_inputs(inputs).bind_output(output)
     n = n_samples_of(inputs)
     n_rows = n * n_outputs
     params = dict(model.named_parameters())

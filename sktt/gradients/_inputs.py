@@ -1,107 +1,320 @@
-"""Turn user data (tensor, ndarray or Dataset) into model inputs and targets.
+"""Turn user data (any container a model takes) into model inputs and targets.
+
+Models take one tensor, several positional tensors, or keyword tensors (a
+tokenizer's ``input_ids`` / ``attention_mask``); data arrive as arrays, tuples,
+dicts, ``BatchEncoding``, Datasets or DataLoaders. Everything becomes one
+:class:`ModelInputs` (positional tuple + keyword dict, samples on axis 0 of every
+tensor), so indexing a batch, moving it to a device and calling the model are
+the same code everywhere.
 
 Only parameters are ever differentiated, so inputs keep whatever dtype the model
 takes: float images are cast to the model's floating dtype, integer token ids
-stay integers.
+and masks stay integers.
 """
+
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 
-__all__ = ["as_inputs", "index_inputs", "n_samples_of"]
+__all__ = ["ACCEPTED_X", "ModelInputs", "as_inputs", "as_model_inputs", "index_inputs",
+           "inputs_to", "n_samples_of"]
+
+ACCEPTED_X = ("a torch.Tensor or numpy array (samples on axis 0); a tuple/list of those "
+              "(positional inputs of the model); a dict or transformers BatchEncoding of "
+              "str -> tensor (keyword inputs); a torch.utils.data.Dataset yielding (x, y) pairs; "
+              "or a torch.utils.data.DataLoader yielding (x, y) batches, x any of these")
+
+
+class ModelInputs:
+    """A data set (or batch) of model inputs: positional tensors and keyword tensors.
+
+    Every tensor has the samples on axis 0. Indexing selects samples in all of
+    them; ``len``, ``shape[0]`` and ``.to(device)`` behave like a tensor's along
+    the samples axis, so code written for one input tensor keeps working.
+
+    Parameters
+    ----------
+    args : tuple of Tensor
+        Positional inputs.
+    kwargs : dict of str to Tensor, optional
+        Keyword inputs.
+    output : None, str, int or callable, optional
+        The logits selector bound to these inputs (see
+        :func:`~sktt.gradients.call_model`): code that only passes inputs along
+        (worker tasks, the layer-wise recorder) reads the same logits.
+    """
+
+    def __init__(self, args=(), kwargs=None, output=None):
+        self.args = tuple(args)
+        self.kwargs = dict(kwargs or {})
+        self.output = output
+        if not self.args and not self.kwargs:
+            raise ValueError(f"X holds no input tensor; accepted: {ACCEPTED_X}.")
+
+    # ------------------------------------------------------------ container
+    def tensors(self):
+        """``(name, tensor)`` for every input: ``X[i]`` positional, ``X['key']`` keyword."""
+        if len(self.args) == 1 and not self.kwargs:
+            return [("X", self.args[0])]
+        return ([(f"X[{i}]", t) for i, t in enumerate(self.args)]
+                + [(f"X[{k!r}]", t) for k, t in self.kwargs.items()])
+
+    def _map(self, fn):
+        return ModelInputs(tuple(fn(t) for t in self.args),
+                           {k: fn(t) for k, t in self.kwargs.items()}, self.output)
+
+    @property
+    def n_samples(self):
+        t = self.args[0] if self.args else next(iter(self.kwargs.values()))
+        return int(t.shape[0])
+
+    def __len__(self):
+        return self.n_samples
+
+    @property
+    def shape(self):
+        """``(n_samples,)``: only the samples axis is common to all inputs."""
+        return torch.Size([self.n_samples])
+
+    def __getitem__(self, index):
+        """Samples ``index`` of every input: a slice or integer array / tensor (an integer
+        keeps the samples axis: a batch of one)."""
+        if isinstance(index, (int, np.integer)):
+            index = slice(int(index), int(index) + 1 if index != -1 else None)
+        return self._map(lambda t: t[index])
+
+    def to(self, device):
+        """The same inputs on ``device`` (dtypes unchanged)."""
+        return self._map(lambda t: t.to(device))
+
+    def bind_output(self, output):
+        """The same inputs with the logits selector ``output`` bound (None keeps the current)."""
+        if output is None:
+            return self
+        return ModelInputs(self.args, self.kwargs, output)
+
+    @property
+    def single_tensor(self):
+        """The one input tensor, or None when the model takes several / keyword inputs."""
+        return self.args[0] if len(self.args) == 1 and not self.kwargs else None
+
+    def call(self, model):
+        """``model(*args, **kwargs)``: the raw output (see :func:`call_model` for logits)."""
+        return model(*self.args, **self.kwargs)
+
+    def describe(self):
+        """Shapes and dtypes of the inputs, for error messages."""
+        shapes, dtypes = [], []
+        for i, t in enumerate(self.args):
+            shapes.append(str(tuple(t.shape)))
+            dtypes.append(str(t.dtype))
+        for k, t in self.kwargs.items():
+            shapes.append(f"{k}={tuple(t.shape)}")
+            dtypes.append(f"{k}={t.dtype}")
+        return f"input shape(s) [{', '.join(shapes)}], dtype(s) [{', '.join(dtypes)}]"
+
+    @staticmethod
+    def concat(parts):
+        """Samples of several ModelInputs of the same structure, in order."""
+        first = parts[0]
+        if any(len(p.args) != len(first.args) or p.kwargs.keys() != first.kwargs.keys()
+               for p in parts):
+            raise ValueError("X yields batches of different structures (positional / keyword "
+                             f"inputs differ); accepted: {ACCEPTED_X}.")
+        return ModelInputs(
+            tuple(torch.cat([p.args[i] for p in parts]) for i in range(len(first.args))),
+            {k: torch.cat([p.kwargs[k] for p in parts]) for k in first.kwargs}, first.output)
+
+    def __repr__(self):
+        return f"ModelInputs({self.n_samples} samples, {self.describe()})"
 
 
 def _to_tensor(name, value, float_dtype):
     if isinstance(value, torch.Tensor):
         t = value.detach()
-    elif isinstance(value, np.ndarray):
-        if value.dtype.kind not in "biuf":  # object, str, bytes, datetime, complex
-            raise TypeError(f"{name} has dtype {value.dtype}; accepted: numeric arrays or tensors.")
-        t = torch.from_numpy(np.ascontiguousarray(value))
     else:
         try:
-            t = torch.as_tensor(np.asarray(value))
+            arr = np.asarray(value)
         except Exception as exc:  # noqa: BLE001 - re-raised with the parameter name
             raise TypeError(f"{name} of type {type(value).__name__} cannot be converted to a "
-                            "tensor; accepted: a torch.Tensor, a numpy array or a "
-                            "torch.utils.data.Dataset yielding (x, y) pairs.") from exc
-    if t.is_floating_point() and t.dtype != float_dtype:
+                            f"tensor; accepted: {ACCEPTED_X}.") from exc
+        if arr.dtype.kind == "O" and not hasattr(value, "dtype"):  # a set, a model, None...
+            raise TypeError(f"{name} of type {type(value).__name__} is not accepted; accepted: "
+                            f"{ACCEPTED_X}.")
+        if arr.dtype.kind not in "biuf":  # object, str, bytes, datetime, complex
+            raise TypeError(f"{name} has dtype {arr.dtype}; accepted: numeric arrays or tensors.")
+        if not arr.flags.writeable:  # e.g. a pandas Series: torch warns on read-only memory
+            arr = arr.copy()
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if float_dtype is not None and t.is_floating_point() and t.dtype != float_dtype:
         t = t.to(float_dtype)
     return t
+
+
+def _is_array(value):
+    return isinstance(value, (torch.Tensor, np.ndarray))
+
+
+def _structure(X, float_dtype):
+    """ModelInputs of an in-memory container (no Dataset / DataLoader)."""
+    if isinstance(X, ModelInputs):
+        return X._map(lambda t: _to_tensor("X", t, float_dtype))
+    if isinstance(X, Mapping):
+        bad = [k for k in X if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"X is a {type(X).__name__} with non-str key(s) {bad[:3]}; "
+                            f"accepted: {ACCEPTED_X}.")
+        if not X:
+            raise ValueError(f"X is an empty {type(X).__name__}; accepted: {ACCEPTED_X}.")
+        return ModelInputs((), {k: _to_tensor(f"X[{k!r}]", v, float_dtype)
+                                for k, v in X.items()})
+    if isinstance(X, list) and not all(_is_array(x) for x in X):
+        X = np.asarray(X) if X else X  # nested lists of numbers are one array, not several inputs
+    if isinstance(X, (tuple, list)):
+        if not X:
+            raise ValueError(f"X is an empty {type(X).__name__}; accepted: {ACCEPTED_X}.")
+        return ModelInputs(tuple(_to_tensor(f"X[{i}]", x, float_dtype) for i, x in enumerate(X)))
+    if isinstance(X, (torch.utils.data.Dataset, torch.utils.data.DataLoader, str, bytes)) or (
+            X is None):
+        raise TypeError(f"X of type {type(X).__name__} is not accepted; accepted: {ACCEPTED_X}.")
+    return ModelInputs((_to_tensor("X", X, float_dtype),))
+
+
+def _pair(item, where):
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        extra = f" of length {len(item)}" if isinstance(item, (tuple, list)) else ""
+        raise ValueError(f"X is a {where} {type(item).__name__}{extra}; accepted: (x, y) pairs.")
+    return item
 
 
 def _collate_dataset(dataset):
     try:
         n = len(dataset)
-    except TypeError as exc:
-        raise TypeError("X is a Dataset without __len__; accepted: a map-style "
-                        "torch.utils.data.Dataset yielding (x, y) pairs.") from exc
-    if n == 0:
+    except TypeError:
+        # an IterableDataset: read it once, in order
+        items = [_pair(item, f"Dataset whose item {i} is") for i, item in enumerate(dataset)]
+    else:
+        items = [_pair(dataset[i], f"Dataset whose item {i} is") for i in range(n)]
+    if not items:
         raise ValueError("X is empty (0 samples); accepted: at least 1 sample.")
-    xs, ys = [], []
-    for i in range(n):
-        item = dataset[i]
-        if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise ValueError(f"X is a Dataset whose item {i} is {type(item).__name__}"
-                             f"{'' if not isinstance(item, (tuple, list)) else f' of length {len(item)}'}; "
-                             "accepted: (x, y) pairs.")
-        xs.append(item[0])
-        ys.append(item[1])
     collate = torch.utils.data.default_collate
-    return collate(xs), collate(ys)
+    return collate([x for x, _ in items]), collate([y for _, y in items])
+
+
+def _collate_loader(loader, float_dtype):
+    xs, ys = [], []
+    for i, batch in enumerate(loader):
+        x, y = _pair(batch, f"DataLoader whose batch {i} is")
+        xs.append(_structure(x, float_dtype))
+        ys.append(_to_tensor("y", y, None))
+    if not xs:
+        raise ValueError("X is empty (0 samples); accepted: at least 1 sample.")
+    return ModelInputs.concat(xs), torch.cat([y.reshape(len(y), *y.shape[1:]) for y in ys])
 
 
 def as_inputs(X, y, *, float_dtype):
-    """Inputs as a tensor (or tuple of tensors) and targets as a tensor or ``None``.
+    """Inputs as :class:`ModelInputs` and targets as a tensor or ``None``.
 
     Parameters
     ----------
-    X : Tensor, ndarray, tuple of those, or Dataset
-        Model inputs, first axis = samples. A tuple means the model takes several
-        positional inputs. A Dataset yields ``(x, y)`` pairs and then ``y`` must be None.
+    X : Tensor, ndarray, tuple/list of those, dict / BatchEncoding, Dataset or DataLoader
+        Model inputs, first axis = samples. A tuple or list of tensors holds the
+        model's positional inputs, a mapping its keyword inputs. A Dataset yields
+        ``(x, y)`` pairs and a DataLoader ``(x, y)`` batches (x any of the in-memory
+        containers); then ``y`` must be None.
     y : array-like or None
         Targets.
     float_dtype : torch.dtype
         Floating inputs are cast to this (the model's parameter dtype).
+
+    Returns
+    -------
+    inputs : ModelInputs
+    y : Tensor or None
+
+    Examples
+    --------
+    >>> import torch
+    >>> batch = {"input_ids": torch.zeros(4, 7, dtype=torch.long),
+    ...          "attention_mask": torch.ones(4, 7, dtype=torch.long)}
+    >>> inputs, y = as_inputs(batch, [0, 1, 0, 1], float_dtype=torch.float32)
+    >>> len(inputs), sorted(inputs.kwargs), inputs[1:3].kwargs["input_ids"].shape
+    (4, ['attention_mask', 'input_ids'], torch.Size([2, 7]))
     """
-    if isinstance(X, torch.utils.data.Dataset) and not isinstance(X, torch.Tensor):
+    loader = isinstance(X, torch.utils.data.DataLoader)
+    if loader or (isinstance(X, torch.utils.data.Dataset) and not isinstance(X, torch.Tensor)):
         if y is not None:
-            raise ValueError("y must be None when X is a Dataset (the Dataset yields (x, y) pairs); "
-                             f"got y of type {type(y).__name__}.")
-        X, y = _collate_dataset(X)
-    if isinstance(X, list) and not all(isinstance(x, (torch.Tensor, np.ndarray)) for x in X):
-        X = np.asarray(X)  # nested lists of numbers are one array, not several inputs
-    if isinstance(X, (tuple, list)):
-        inputs = tuple(_to_tensor(f"X[{i}]", x, float_dtype) for i, x in enumerate(X))
+            raise ValueError(f"y must be None when X is a {'DataLoader' if loader else 'Dataset'}"
+                             f" (it yields (x, y) pairs); got y of type {type(y).__name__}.")
+        if loader:
+            inputs, y = _collate_loader(X, float_dtype)
+        else:
+            X, y = _collate_dataset(X)
+            inputs = _structure(X, float_dtype)
     else:
-        inputs = _to_tensor("X", X, float_dtype)
-    n = n_samples_of(inputs)
-    if n == 0:
-        raise ValueError("X is empty (0 samples); accepted: at least 1 sample.")
-    for i, t in enumerate(inputs if isinstance(inputs, tuple) else (inputs,)):
-        if t.ndim == 0:
-            raise ValueError("X must have a leading samples axis; got a 0-d value.")
-        if t.shape[0] != n:
-            raise ValueError(f"X[{i}] has {t.shape[0]} samples but X[0] has {n}; all inputs must "
-                             "have the same number of samples.")
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise ValueError("X contains NaN or inf; accepted: finite inputs.")
+        inputs = _structure(X, float_dtype)
+    n = _check_inputs(inputs)
     if y is not None:
         y = _to_tensor("y", y, torch.float64)
         if y.ndim == 0 or y.shape[0] != n:
             got = "a scalar" if y.ndim == 0 else f"{y.shape[0]} samples"
+            several = isinstance(X, (tuple, list)) and len(X) > 1
+            if several and y.ndim > 0 and y.shape[0] == len(X):
+                raise ValueError(
+                    f"X is a {type(X).__name__} of {len(X)} tensors, read as {len(X)} positional "
+                    f"inputs of the model with {n} samples each, but y has {got}. For one tensor "
+                    "per sample, stack them first (torch.stack(X)); a tuple/list X holds the "
+                    "model's separate inputs, each with the samples on axis 0.")
             raise ValueError(f"X has {n} samples but y has {got}; they must match.")
     return inputs, y
 
 
+def _check_inputs(inputs):
+    named = inputs.tensors()
+    for name, t in named:
+        if t.ndim == 0:
+            raise ValueError(f"{name} must have a leading samples axis; got a 0-d value.")
+    n = inputs.n_samples
+    if n == 0:
+        raise ValueError("X is empty (0 samples); accepted: at least 1 sample.")
+    for name, t in named:
+        if t.shape[0] != n:
+            raise ValueError(f"{name} has {t.shape[0]} samples but {named[0][0]} has {n}; all "
+                             "inputs must have the same number of samples.")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError("X contains NaN or inf; accepted: finite inputs.")
+    return n
+
+
+def as_model_inputs(x):
+    """``x`` as :class:`ModelInputs` without copies or checks (a tensor, tuple or dict batch)."""
+    if isinstance(x, ModelInputs):
+        return x
+    if isinstance(x, Mapping):
+        return ModelInputs((), dict(x))
+    if isinstance(x, (tuple, list)):
+        return ModelInputs(tuple(x))
+    return ModelInputs((x,))
+
+
 def n_samples_of(inputs):
-    """Number of samples in a tensor or tuple of tensors."""
-    first = inputs[0] if isinstance(inputs, tuple) else inputs
-    return int(first.shape[0])
+    """Number of samples in :class:`ModelInputs` (or a tensor / tuple of tensors)."""
+    return as_model_inputs(inputs).n_samples
 
 
 def index_inputs(inputs, index):
-    """Rows ``index`` (a slice or index array) of a tensor or a tuple of tensors."""
+    """Samples ``index`` (a slice or index array) of :class:`ModelInputs` (or a tensor /
+    tuple of tensors; the result has the same type as ``inputs``)."""
+    if isinstance(inputs, ModelInputs):
+        return inputs[index]
     if isinstance(inputs, tuple):
         return tuple(t[index] for t in inputs)
     return inputs[index]
+
+
+def inputs_to(inputs, device):
+    """``inputs`` (ModelInputs, tensor or tuple of tensors) on ``device``."""
+    if isinstance(inputs, tuple):
+        return tuple(t.to(device) for t in inputs)
+    return inputs.to(device)

@@ -21,6 +21,9 @@ import contextlib
 import torch
 from torch.func import functional_call, jacrev, vmap
 
+from ._inputs import as_model_inputs
+from ._outputs import select_logits
+
 try:  # torch >= 2.3
     from torch.nn.attention import SDPBackend, sdpa_kernel
 except ImportError:  # pragma: no cover - older torch: no backend selection, no fused kernels
@@ -42,16 +45,15 @@ def _constants(model, exclude):
     return state
 
 
-def _vmap_jacobian(model, params, constants, x):
-    is_tuple = isinstance(x, tuple)
-
-    def one_sample(p, xi):
-        batch = tuple(t.unsqueeze(0) for t in xi) if is_tuple else (xi.unsqueeze(0),)
-        out = functional_call(model, {**constants, **p}, batch)
-        return out[0]
+def _vmap_jacobian(model, params, constants, x, output):
+    def one_sample(p, args, kwargs):
+        args = tuple(t.unsqueeze(0) for t in args)
+        kwargs = {k: t.unsqueeze(0) for k, t in kwargs.items()}
+        raw = functional_call(model, {**constants, **p}, args, kwargs)
+        return select_logits(raw, output)[0]
 
     with math_attention():
-        return vmap(jacrev(one_sample), in_dims=(None, 0))(params, x)
+        return vmap(jacrev(one_sample), in_dims=(None, 0, 0))(params, x.args, x.kwargs)
 
 
 def math_attention():
@@ -61,13 +63,13 @@ def math_attention():
     return sdpa_kernel(SDPBackend.MATH)
 
 
-def _loop_jacobian(model, params, constants, x):
-    n = (x[0] if isinstance(x, tuple) else x).shape[0]
+def _loop_jacobian(model, params, constants, x, output):
     leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     rows = {k: [] for k in params}
-    for i in range(n):
-        xi = tuple(t[i:i + 1] for t in x) if isinstance(x, tuple) else (x[i:i + 1],)
-        out = functional_call(model, {**constants, **leaves}, xi)[0]
+    for i in range(x.n_samples):
+        xi = x[i:i + 1]
+        raw = functional_call(model, {**constants, **leaves}, xi.args, xi.kwargs)
+        out = select_logits(raw, output)[0]
         per_output = {k: [] for k in params}
         for c in range(out.shape[0]):
             grads = torch.autograd.grad(out[c], list(leaves.values()), retain_graph=True,
@@ -79,7 +81,7 @@ def _loop_jacobian(model, params, constants, x):
     return {k: torch.stack(v) for k, v in rows.items()}
 
 
-def chunk_jacobian(model, names, x, *, method="auto"):
+def chunk_jacobian(model, names, x, *, method="auto", output=None):
     """Jacobian of the model outputs on a chunk of samples.
 
     Parameters
@@ -88,10 +90,13 @@ def chunk_jacobian(model, names, x, *, method="auto"):
         Already in the mode to differentiate (sktt uses eval mode).
     names : list of str
         Parameter names to differentiate.
-    x : Tensor or tuple of Tensor
+    x : ModelInputs, Tensor or tuple of Tensor
         A chunk of inputs, first axis = samples, on the model's device.
     method : {"auto", "vmap", "loop"}
         ``"auto"`` tries ``vmap`` and falls back to the loop.
+    output : None, str, int or callable, default=None
+        Which part of the model's output are the logits
+        (:func:`~sktt.gradients.select_logits`); None uses the one bound to ``x``.
 
     Returns
     -------
@@ -101,12 +106,14 @@ def chunk_jacobian(model, names, x, *, method="auto"):
     all_params = dict(model.named_parameters())
     params = {n: all_params[n].detach() for n in names}
     constants = _constants(model, set(names))
+    x = as_model_inputs(x)
+    output = x.output if output is None else output
     if method in ("auto", "vmap"):
         try:
-            return _vmap_jacobian(model, params, constants, x)
+            return _vmap_jacobian(model, params, constants, x, output)
         except (RuntimeError, NotImplementedError):
             # vmap could not trace this model; the loop below gives the same numbers.
             if method == "vmap":
                 raise
     with torch.enable_grad():
-        return _loop_jacobian(model, params, constants, x)
+        return _loop_jacobian(model, params, constants, x, output)

@@ -43,7 +43,6 @@ import threading
 import torch
 from joblib import cpu_count, effective_n_jobs
 from joblib.parallel import get_active_backend
-from sklearn.utils.parallel import Parallel, delayed
 
 from ..exceptions import WorkerLostError
 
@@ -245,6 +244,10 @@ def map_chunks(func, chunks, *shared, n_jobs=None, verbose=0, desc="Jacobian chu
             # as the output is assembled and the output order never depends on timing.
             bundle = _Shared(shared)
             flight = _InFlight()
+            # scikit-learn's Parallel carries its config into workers; imported here so that
+            # importing sktt.gradients (e.g. in a worker) costs no scikit-learn / pandas
+            from sklearn.utils.parallel import Parallel, delayed
+
             results = Parallel(n_jobs=workers, return_as="generator",
                                verbose=10 if verbose > 1 else 0)(
                 delayed(_run_task)(func, task, threads, bundle, flight) for task in tasks)

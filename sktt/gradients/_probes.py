@@ -26,15 +26,10 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from ._inputs import index_inputs, n_samples_of
+from ._inputs import as_model_inputs
+from ._outputs import select_logits
 
 __all__ = ["JacobianOperator"]
-
-
-def _to_device(x, device):
-    if isinstance(x, tuple):
-        return tuple(t.to(device) for t in x)
-    return x.to(device)
 
 
 class JacobianOperator:
@@ -46,18 +41,21 @@ class JacobianOperator:
         In the mode to differentiate (sktt uses eval mode; the caller's job).
     names : list of str
         Trainable parameter names (the columns of J).
-    inputs : Tensor or tuple of Tensor
+    inputs : ModelInputs, Tensor or tuple of Tensor
         The data set, first axis = samples, any dtype the model takes.
     chunk_size : int, default=256
         Samples per forward/backward pass.
     params : dict of str to Tensor, optional
         Weights of ``names`` to linearise at; default the model's current ones.
+    output : None, str, int or callable, default=None
+        Which part of the model's output are the logits
+        (:func:`~sktt.gradients.select_logits`).
     """
 
-    def __init__(self, model, names, inputs, *, chunk_size=256, params=None):
+    def __init__(self, model, names, inputs, *, chunk_size=256, params=None, output=None):
         self.model = model
         self.names = list(names)
-        self.inputs = inputs
+        self.inputs = as_model_inputs(inputs).bind_output(output)
         self.chunk_size = int(chunk_size)
         first = next(iter(model.parameters()))
         self.device, self.dtype = first.device, first.dtype
@@ -68,17 +66,17 @@ class JacobianOperator:
         exclude = set(self.names)
         self.constants = {n: p.detach() for n, p in named.items() if n not in exclude}
         self.constants.update({n: b for n, b in model.named_buffers(remove_duplicate=False)})
-        self.n_samples = n_samples_of(inputs)
+        self.n_samples = self.inputs.n_samples
 
     # ------------------------------------------------------------------ basics
     def _chunks(self):
         for start in range(0, self.n_samples, self.chunk_size):
             sl = slice(start, min(start + self.chunk_size, self.n_samples))
-            yield sl, _to_device(index_inputs(self.inputs, sl), self.device)
+            yield sl, self.inputs[sl].to(self.device)
 
     def _forward(self, params, x):
-        args = x if isinstance(x, tuple) else (x,)
-        return functional_call(self.model, {**self.constants, **params}, args)
+        raw = functional_call(self.model, {**self.constants, **params}, x.args, x.kwargs)
+        return select_logits(raw, self.inputs.output)
 
     def at(self, params):
         """The same operator linearised at other weights (``{name: tensor}``)."""

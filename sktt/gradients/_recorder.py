@@ -100,7 +100,9 @@ class _Recorder:
 
 
 def _call_model(model, x):
-    return model(*x) if isinstance(x, tuple) else model(x)
+    from ._outputs import call_model  # any input container, the logits selector bound to x
+
+    return call_model(model, x)
 
 
 def probe_forward(model, x, modules, count_bytes=False):

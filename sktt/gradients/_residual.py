@@ -17,15 +17,16 @@ from ._inputs import as_inputs
 __all__ = ["residual_sq_norm"]
 
 
-def residual_sq_norm(model, X, y=None, *, loss="mse", chunk_size=256):
+def residual_sq_norm(model, X, y=None, *, loss="mse", chunk_size=256, output=None):
     r"""Sum of squared residuals :math:`\lVert f_0(X) - Y\rVert^2` of the model at its weights.
 
     Parameters
     ----------
     model : torch.nn.Module
         Evaluated in ``eval()`` mode; never modified (mode and RNG restored).
-    X : Tensor, ndarray, tuple of those, or torch.utils.data.Dataset
-        Inputs of the *full* training set; a Dataset yields ``(x, y)`` pairs.
+    X : Tensor, ndarray, tuple/list of those, dict, Dataset or DataLoader
+        Inputs of the *full* training set (any container of
+        :func:`~sktt.gradients.as_inputs`); a Dataset yields ``(x, y)`` pairs.
     y : array-like of shape (N, C), optional
         Regression / one-hot targets (None when X is a Dataset).
     loss : {"mse"}, default="mse"
@@ -33,6 +34,9 @@ def residual_sq_norm(model, X, y=None, *, loss="mse", chunk_size=256):
         is derived for it.
     chunk_size : int, default=256
         Samples per forward pass.
+    output : None, str, int or callable, default=None
+        Which part of the model's output are the logits
+        (:func:`~sktt.gradients.select_logits`).
 
     Returns
     -------
@@ -57,7 +61,7 @@ def residual_sq_norm(model, X, y=None, *, loss="mse", chunk_size=256):
         if targets is None:
             raise ValueError("y is None; accepted: targets of shape (n_samples, n_outputs), or a "
                              "Dataset yielding (x, y) pairs as X.")
-        f0 = model_outputs(m, inputs, chunk_size=chunk_size)
+        f0 = model_outputs(m, inputs, chunk_size=chunk_size, output=output)
     targets = targets.detach().to("cpu", torch.float64).numpy() if isinstance(
         targets, torch.Tensor) else np.asarray(targets, dtype=np.float64)
     if targets.ndim == 1 and f0.shape[1] == 1:

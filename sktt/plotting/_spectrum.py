@@ -15,13 +15,15 @@ class SpectrumDisplay:
     extrapolation lies on top of the subset's head and follows the full
     spectrum beyond the subset's N0·C modes.
 
-    Create it with :meth:`from_estimator`; the constructor only stores data
-    (scikit-learn's Display convention).
+    Create it with :meth:`from_estimator` (a fitted :class:`~sktt.GramSpectrum`, or a
+    fitted :class:`~sktt.TrainingTimePredictor`: its kernel's spectrum alone); the
+    constructor only stores data (scikit-learn's Display convention).
 
     Parameters
     ----------
-    subset_eigenvalues : ndarray of shape (N0·C,)
-    predicted_eigenvalues : ndarray of shape (N·C,)
+    subset_eigenvalues : ndarray of shape (N0·C,) or None
+    predicted_eigenvalues : ndarray of shape (N·C,) or None
+        None when only a full kernel is plotted.
     n_subset_samples, n_samples : int
         N0 and N.
     full_eigenvalues : ndarray of shape (N·C,) or None, default=None
@@ -91,12 +93,14 @@ class SpectrumDisplay:
             k, lam = self._positive(self.full_eigenvalues, n)
             (self.lines_["full"],) = ax.plot(k, lam, color="k", lw=2.5, alpha=0.35,
                                              label=f"full kernel (N={self.n_samples})")
-        k, lam = self._positive(self.subset_eigenvalues, n0)
-        (self.lines_["subset"],) = ax.plot(k, lam, color="C0", lw=1.5,
-                                           label=f"subset (N0={self.n_subset_samples})")
-        k, lam = self._positive(self.predicted_eigenvalues, n)
-        (self.lines_["predicted"],) = ax.plot(k, lam, color="C1", lw=1.5, ls="--",
-                                              label=f"predicted (N={self.n_samples})")
+        if self.subset_eigenvalues is not None:
+            k, lam = self._positive(self.subset_eigenvalues, n0)
+            (self.lines_["subset"],) = ax.plot(k, lam, color="C0", lw=1.5,
+                                               label=f"subset (N0={self.n_subset_samples})")
+        if self.predicted_eigenvalues is not None:
+            k, lam = self._positive(self.predicted_eigenvalues, n)
+            (self.lines_["predicted"],) = ax.plot(k, lam, color="C1", lw=1.5, ls="--",
+                                                  label=f"predicted (N={self.n_samples})")
         if self.power_law is not None:
             c, s, k_lo, k_hi = self.power_law
             kk = np.geomspace(k_lo, k_hi, 50)
@@ -113,12 +117,14 @@ class SpectrumDisplay:
 
     @classmethod
     def from_estimator(cls, gram_spectrum, *, ax=None, full_eigenvalues=None, per_sample=True):
-        """Plot a fitted :class:`~sktt.GramSpectrum`.
+        """Plot a fitted :class:`~sktt.GramSpectrum` or :class:`~sktt.TrainingTimePredictor`.
 
         Parameters
         ----------
-        gram_spectrum : GramSpectrum
-            Fitted.
+        gram_spectrum : GramSpectrum or TrainingTimePredictor
+            Fitted. A GramSpectrum shows the subset spectrum, its extrapolation and
+            the power law; a TrainingTimePredictor the spectrum of its kernel Θ
+            (the ``"full"`` line).
         ax : matplotlib Axes, optional
         full_eigenvalues : ndarray of shape (N·C,), optional
             Exact eigenvalues of the full-N kernel (e.g. ``eigenvalues_`` of a
@@ -130,7 +136,35 @@ class SpectrumDisplay:
         Returns
         -------
         display : SpectrumDisplay
+
+        Raises
+        ------
+        NotFittedError
+            If the estimator is not fitted.
+        TypeError
+            For any other object.
         """
+        from sklearn.exceptions import NotFittedError
+
+        from ..estimators import GramSpectrum, TrainingTimePredictor
+
+        if isinstance(gram_spectrum, TrainingTimePredictor):
+            if getattr(gram_spectrum, "eigenvalues_", None) is None:
+                raise NotFittedError(
+                    "SpectrumDisplay.from_estimator needs a fitted TrainingTimePredictor (its "
+                    "kernel's eigenvalues) or a fitted GramSpectrum; call fit(X, y) first.")
+            if full_eigenvalues is not None:
+                raise ValueError("full_eigenvalues is for judging a GramSpectrum's "
+                                 "extrapolation; a TrainingTimePredictor already is the full "
+                                 "kernel.")
+            n = int(gram_spectrum.n_samples_)
+            disp = cls(subset_eigenvalues=None, predicted_eigenvalues=None, n_subset_samples=n,
+                       n_samples=n, full_eigenvalues=gram_spectrum.eigenvalues_)
+            return disp.plot(ax=ax, per_sample=per_sample)
+        if not isinstance(gram_spectrum, GramSpectrum):
+            raise TypeError("SpectrumDisplay.from_estimator takes a fitted GramSpectrum or "
+                            "TrainingTimePredictor; got "
+                            f"{type(gram_spectrum).__name__}.")
         from sklearn.utils.validation import check_is_fitted
 
         check_is_fitted(gram_spectrum, "predicted_eigenvalues_")

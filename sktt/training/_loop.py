@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..gradients._inputs import index_inputs
+from ..gradients._inputs import index_inputs, inputs_to
+from ..gradients._outputs import call_model
 
 __all__ = ["make_optimizer", "run_steps", "torch_loss", "torch_targets"]
 
@@ -49,14 +50,6 @@ def _synchronize(device):
         torch.mps.synchronize()
 
 
-def _to_device(x, device):
-    return tuple(t.to(device) for t in x) if isinstance(x, tuple) else x.to(device)
-
-
-def _forward(net, x):
-    return net(*x) if isinstance(x, tuple) else net(x)
-
-
 def run_steps(net, params, inputs, targets, recipe, batches, *, loss, lr_scheduler=None,
               train_mode=False, max_seconds=None, after_step=None):
     """Run real optimiser steps of ``recipe`` on ``net`` (modified in place: pass a copy).
@@ -67,8 +60,10 @@ def run_steps(net, params, inputs, targets, recipe, batches, *, loss, lr_schedul
         The model to train (a copy the caller owns).
     params : list of Tensor
         Its trainable parameters (the others stay as they are).
-    inputs : Tensor or tuple of Tensor
-        All inputs (first axis samples), on any device.
+    inputs : ModelInputs, Tensor or tuple of Tensor
+        All inputs (first axis samples), on any device; the model is called
+        through :func:`sktt.gradients.call_model` (any input container, the
+        logits selected from any output).
     targets : Tensor
         All targets in torch's form (:func:`torch_targets`), on the model's device.
     recipe : TrainingRecipe
@@ -107,7 +102,7 @@ def run_steps(net, params, inputs, targets, recipe, batches, *, loss, lr_schedul
         if max_seconds is not None and seconds and sum(seconds) >= max_seconds:
             break
         idx_t = torch.as_tensor(np.asarray(idx).reshape(-1), dtype=torch.int64)
-        x = _to_device(index_inputs(inputs, idx_t), device)
+        x = inputs_to(index_inputs(inputs, idx_t), device)
         y = targets[idx_t.to(targets.device)]
         if scheduler is None and t < len(rates):
             for group in opt.param_groups:
@@ -116,7 +111,7 @@ def run_steps(net, params, inputs, targets, recipe, batches, *, loss, lr_schedul
         _synchronize(device)
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss_fn(_forward(net, x), y).backward()
+        loss_fn(call_model(net, x), y).backward()
         opt.step()
         _synchronize(device)
         seconds.append(time.perf_counter() - start)

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from ..dynamics import TrainingRecipe
-
-from ..gradients._inputs import as_inputs, index_inputs, n_samples_of
-from ._loop import run_steps
+from ..gradients._inputs import as_inputs, index_inputs, inputs_to, n_samples_of
+from ..gradients._outputs import call_model
 from ..utils import check_choice, check_int
+from ._loop import run_steps
 from ..utils._torch import model_device_dtype, model_untouched, require_trainable
 
 __all__ = ["measure_step_time"]
@@ -117,10 +117,9 @@ def measure_step_time(model, X, y=None, *, batch_size, loss="cross_entropy", lr=
     n = n_samples_of(inputs)
     idx = torch.arange(batch_size) % n  # repeat rows when X is smaller than a batch
     batch = index_inputs(inputs, idx)
-    batch = tuple(t.to(device) for t in batch) if isinstance(batch, tuple) else batch.to(device)
+    batch = inputs_to(batch, device)
     with model_untouched(model), torch.no_grad():  # C, from one sample in eval mode
-        first = tuple(t[:1] for t in batch) if isinstance(batch, tuple) else batch[:1]
-        n_outputs = (model(*first) if isinstance(first, tuple) else model(first)).shape[-1]
+        n_outputs = call_model(model, index_inputs(batch, slice(0, 1))).shape[-1]
     targets = _targets_tensor(y[idx], loss, dtype, device, n_outputs)
     steps = n_warmup + n_repeats
     recipe = TrainingRecipe.from_params(dict(lr=lr, momentum=momentum, dampening=dampening,

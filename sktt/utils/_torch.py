@@ -1,12 +1,18 @@
-"""Small torch helpers: leave the user's model and RNG exactly as they were."""
+"""Small torch helpers: leave the user's model and RNG exactly as they were, and say what
+was assumed about it."""
 
 import contextlib
 import random
+import warnings
 
 import numpy as np
 import torch
 
-__all__ = ["model_untouched", "require_trainable", "trainable_parameters", "model_device_dtype"]
+__all__ = ["model_assumptions", "model_untouched", "require_trainable", "trainable_parameters",
+           "model_device_dtype", "warn_model_assumptions"]
+
+# layers whose train-mode forward differs from eval mode (the function sktt linearises)
+_MODE_DEPENDENT = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._NormBase)
 
 
 def trainable_parameters(model):
@@ -66,3 +72,72 @@ def model_untouched(model):
             torch.cuda.set_rng_state_all(cuda_rng)
         np.random.set_state(numpy_rng)
         random.setstate(python_rng)
+
+
+def model_assumptions(model):
+    """What sktt assumes about ``model`` that the user may not expect, one sentence each.
+
+    * Train mode: sktt linearises the *eval-mode* function (dropout off, BatchNorm
+      running statistics frozen) and restores the user's mode afterwards; real
+      fine-tuning in train mode follows a different function.
+    * A floating dtype other than float32 / float64 (bfloat16, float16): the model's
+      forward and per-sample gradients run in that dtype; Θ, its eigendecomposition
+      and the dynamics are computed in float64 from them.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+
+    Returns
+    -------
+    list of str
+        Empty when nothing needs saying.
+
+    Examples
+    --------
+    >>> import torch
+    >>> model_assumptions(torch.nn.Linear(2, 2).eval())
+    []
+    >>> notes = model_assumptions(torch.nn.Sequential(torch.nn.Linear(2, 2),
+    ...                                               torch.nn.Dropout()).bfloat16())
+    >>> [n.split(":")[0] for n in notes]
+    ['the model is in train mode', 'the model has bfloat16 parameters or buffers']
+    """
+    notes = []
+    training = [name or type(m).__name__ for name, m in model.named_modules() if m.training]
+    if training:
+        layers = sorted({type(m).__name__ for m in model.modules()
+                         if m.training and isinstance(m, _MODE_DEPENDENT)})
+        which = (f"its {', '.join(layers)} layer(s) behave differently in train mode" if layers
+                 else "no Dropout/BatchNorm layer was found, so only custom layers that read "
+                      "self.training can differ")
+        notes.append(
+            "the model is in train mode: sktt linearises its eval-mode function (dropout off, "
+            f"BatchNorm running statistics frozen) and restores your mode afterwards; {which}. "
+            "Call model.eval() before fit if eval mode is what you fine-tune, or compare with "
+            "real training (compare_with_real) to see the difference.")
+    tensors = list(model.parameters()) + list(model.buffers())
+    low = sorted({str(t.dtype).replace("torch.", "") for t in tensors
+                  if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64)})
+    if low:
+        notes.append(
+            f"the model has {', '.join(low)} parameters or buffers: its outputs and per-sample "
+            "gradients are computed in that precision (relative round-off ~1e-2 for bfloat16, "
+            "~1e-3 for float16) and then cast to float64, in which Θ, its eigendecomposition and "
+            "the dynamics are computed. For a more accurate kernel fit a float32 copy "
+            "(copy.deepcopy(model).float()); the step time is best measured on the model as "
+            "you train it.")
+    return notes
+
+
+def warn_model_assumptions(model, *, stacklevel=3):
+    """Emit each :func:`model_assumptions` note as one :class:`~sktt.exceptions.AssumptionWarning`.
+
+    Call once per fit (not per chunk). Returns the notes.
+    """
+    from ..exceptions import AssumptionWarning
+
+    notes = model_assumptions(model)
+    for note in notes:
+        warnings.warn(note, AssumptionWarning, stacklevel=stacklevel)
+    return notes

@@ -387,10 +387,7 @@ def compare_with_real(predictor, X, y=None, *, eps=(0.01, 0.03), metric="loss", 
     scheduler = overrides.get("lr_scheduler", predictor.get_params()["lr_scheduler"])
 
     _, dtype = model_device_dtype(predictor.model)
-    inputs, y = as_inputs(X, y, float_dtype=dtype)
-    if isinstance(inputs, tuple):
-        raise TypeError("compare_with_real takes a single input tensor X; models with several "
-                        "inputs are not supported by the real-training loop yet.")
+    inputs, y = as_inputs(X, y, float_dtype=dtype)  # any container the predictor takes
     if len(inputs) != predictor.n_samples_:
         raise ValueError(f"X has {len(inputs)} samples but the predictor was fitted on "
                          f"{predictor.n_samples_}; pass the training data of the fit.")
@@ -418,7 +415,7 @@ def compare_with_real(predictor, X, y=None, *, eps=(0.01, 0.03), metric="loss", 
             lr_scheduler=scheduler if callable(scheduler) else recipe.lr_schedule,
             batch_size=recipe.batch_size, n_steps=recipe.n_steps,
             seed=0 if seed is None else seed, drop_last=recipe.drop_last,
-            train_mode=train_mode))
+            train_mode=train_mode, output=predictor.get_params().get("output")))
 
     # Same batches: predict for exactly the real run's batch sequence, so the curves
     # differ only by the linearisation. Otherwise: the predictor's own prediction.

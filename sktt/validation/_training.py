@@ -22,6 +22,8 @@ from torch import nn
 
 from ..dynamics import TrainingRecipe
 from ..training import run_steps, scheduled_learning_rates
+from ..gradients._inputs import as_inputs, inputs_to
+from ..gradients._outputs import call_model, check_output
 from ..utils import check_choice
 from ..utils._batches import _check_int, dataloader_batches
 from ..utils._torch import require_trainable
@@ -62,18 +64,6 @@ def _param_dtype_device(model):
     raise ValueError("model has no parameters.")
 
 
-def _as_tensor(a, float_dtype, device):
-    """Tensor on ``device``; ndarrays of floats take the model's dtype."""
-    if isinstance(a, torch.Tensor):
-        return a.to(device)
-    a = np.asarray(a)
-    if np.issubdtype(a.dtype, np.floating):
-        return torch.as_tensor(a, dtype=float_dtype, device=device)
-    if np.issubdtype(a.dtype, np.integer) or a.dtype == bool:
-        return torch.as_tensor(a.astype(np.int64), device=device)
-    raise TypeError(f"Unsupported array dtype {a.dtype}.")
-
-
 def _eval_full(model, X, targets, labels, loss):
     """Mean loss and error (%) on the full set, in chunks, under no_grad."""
     n = len(labels)
@@ -81,7 +71,7 @@ def _eval_full(model, X, targets, labels, loss):
     with torch.no_grad():
         for start in range(0, n, _EVAL_CHUNK):
             sl = slice(start, start + _EVAL_CHUNK)
-            out = model(X[sl])
+            out = call_model(model, X[sl])
             n_out = out.shape[-1]
             if loss == "cross_entropy":
                 total += float(nn.functional.cross_entropy(
@@ -112,6 +102,7 @@ def run_real_training(
     seed=0,
     drop_last=False,
     train_mode=False,
+    output=None,
 ):
     """Fine-tune a copy of ``model`` with SGD and record the training curves.
 
@@ -121,9 +112,10 @@ def run_real_training(
         The model; left untouched (weights, gradients, ``requires_grad``
         flags, train/eval modes and the global torch RNG state are as
         before). Only its parameters with ``requires_grad=True`` are trained.
-    X : torch.Tensor or numpy.ndarray
-        Inputs, first axis samples. Float arrays are converted to the
-        model's parameter dtype, integer arrays to int64.
+    X : Tensor, ndarray, tuple/list of tensors, dict / BatchEncoding, Dataset or DataLoader
+        Inputs, first axis samples (any container
+        :class:`~sktt.TrainingTimePredictor` takes). Float arrays are converted
+        to the model's parameter dtype.
     y : torch.Tensor or numpy.ndarray
         Int labels of shape ``(N,)`` for ``loss="cross_entropy"``; float
         targets of shape ``(N, C)`` for ``loss="mse"``.
@@ -152,6 +144,10 @@ def run_real_training(
         Seed of the batch sequence, see :func:`dataloader_batches`.
     drop_last : bool, default=False
         Drop the incomplete last batch of each epoch.
+    output : None, str, int or callable, default=None
+        Which part of the model's output are the logits
+        (:func:`sktt.gradients.select_logits`); None: a tensor, ``.logits``,
+        ``["logits"]`` or element 0.
     train_mode : bool, default=False
         Take the steps in ``train()`` mode (BatchNorm updates, dropout on).
         By default the copy stays in ``eval()`` mode, which is the function
@@ -194,21 +190,21 @@ def run_real_training(
     try:
         net = copy.deepcopy(model)
         dtype, device = _param_dtype_device(net)
-        X = _as_tensor(X, dtype, device)
-        y = _as_tensor(y, dtype, device)
+        X, y = as_inputs(X, y, float_dtype=dtype)  # empty, NaN, length checks
+        if y is None:
+            raise ValueError("y is None; accepted: targets of length n_samples, or a Dataset "
+                             "yielding (x, y) pairs as X.")
+        X = inputs_to(X, device).bind_output(check_output(output))
+        if y.is_floating_point() and loss == "mse":
+            y = y.to(dtype)
+        y = y.to(device)
         n = len(X)
-        if n == 0:
-            raise ValueError("X is empty (0 samples); accepted: at least 1 sample.")
-        if len(y) != n:
-            raise ValueError(
-                f"X and y have different numbers of samples: {n} and {len(y)}."
-            )
-        if X.is_floating_point() and not bool(torch.isfinite(X).all()):
-            raise ValueError("X contains NaN or inf; accepted: finite inputs.")
         net.eval()
         with torch.no_grad():  # C, to check the targets before any step
-            n_out = net(X[:1]).shape[-1]
+            n_out = call_model(net, X[:1]).shape[-1]
         if loss == "cross_entropy":
+            if y.is_floating_point() and y.ndim == 1 and bool(torch.all(y == torch.round(y))):
+                y = y.long()  # integer labels that went through a float container
             if y.ndim != 1 or y.is_floating_point():
                 raise ValueError(
                     "loss='cross_entropy' needs integer labels of shape (N,), "
