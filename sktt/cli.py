@@ -108,6 +108,10 @@ def _add_file_args(p):
                                  "--model-class)")
     p.add_argument("data", help=".npz file with arrays X (inputs, first axis = samples) and y "
                                 "(class indices, or (N, C) targets with --loss mse)")
+    p.add_argument("--logits", metavar="KEY", default=None,
+                   help="which part of the model's output are the logits: an attribute or key "
+                        "name, or an integer index (default: a tensor as is, .logits, "
+                        "['logits'] or element 0)")
     p.add_argument("--model-class", metavar="MODULE:CLASS",
                    help="architecture of a state_dict: 'package.module:Class' or "
                         "'path/to/file.py:Class'")
@@ -185,64 +189,79 @@ def _settings(args):
             itertools.product(args.lr, args.momentum, args.batch_size)]
 
 
-def _fit(model, X, y, args, loss):
-    from . import TrainingTimePredictor
+def _predictor_params(args, loss):
+    """TrainingTimePredictor parameters of the command line (the grid's dynamics aside)."""
+    return dict(loss=loss, n_steps=args.n_steps, solver=args.solver,
+                projection=None if args.projection == "none" else args.projection,
+                projection_dim=args.projection_dim, n_jobs=args.n_jobs,
+                random_state=args.random_state, output=_logits_selector(args))
 
-    params = dict(loss=loss, lr=args.lr[0], momentum=args.momentum[0], n_steps=args.n_steps,
-                  solver=args.solver,
-                  projection=None if args.projection == "none" else args.projection,
-                  projection_dim=args.projection_dim, n_jobs=args.n_jobs,
-                  random_state=args.random_state)
-    if "trust_check" in TrainingTimePredictor().get_params():
-        params["trust_check"] = not args.no_trust
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # trust is reported per setting in the table
-        return TrainingTimePredictor(model, **params).fit(X, y)
+
+def _logits_selector(args):
+    """--logits as the estimators' ``output``: an int index, else an attribute/key name."""
+    key = getattr(args, "logits", None)
+    if key is None:
+        return None
+    return int(key) if key.lstrip("-").isdigit() else key
 
 
 def _trust(ttp, setting):
-    """Trust level and reason of one setting, when the predictor has the diagnostic."""
-    if not getattr(ttp, "trust_check", False) or not hasattr(ttp, "trust_report"):
-        return None
+    """Trust level, reason and direction of one setting."""
     report = ttp.trust_report(**setting)
-    return {"level": report.level, "reason": report.reason,
-            "direction": getattr(report, "direction", "")}
+    return {"level": report.level, "reason": report.reason, "direction": report.direction}
 
 
-def _check_settings(ttp, settings):
-    n = ttp.n_samples_
+def _check_settings(n, settings):
     for s in settings:
         if s["batch_size"] is not None and s["batch_size"] > n:
             raise _UsageError(f"--batch-size {s['batch_size']} is larger than the {n} samples; "
                               f"accepted: 1..{n} or 'full'.")
 
 
-def _predict_rows(ttp, X, y, args, settings, seconds):
-    from .exceptions import DivergenceError
+def _predict_rows(model, X, y, args, loss, seconds):
+    """Fit once and predict the grid with :func:`sktt.compare`: ``(predictor, rows)``.
 
-    if seconds:
-        sizes = sorted({s["batch_size"] or ttp.n_samples_ for s in settings})
-        ttp.measure_step_time(X, y, batch_size=sizes)
+    One row per (lr, momentum, batch size) setting, with the predicted steps
+    (and seconds) for every ε, the divergence flag and the trust verdict.
+    """
+    from ._compare import compare
+    from .gradients._inputs import as_inputs
+
+    settings = _settings(args)
+    _check_settings(len(as_inputs(X, y, float_dtype=_float_dtype(model))[0]), settings)
+    grid = {"lr": args.lr, "momentum": args.momentum, "batch_size": args.batch_size,
+            "eps": list(args.eps)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # divergence and trust are columns of the table
+        table = compare(model, {"data": (X, y)}, grid, metric=args.metric,
+                        measure_time=seconds, **_predictor_params(args, loss))
+    ttp = table.predictors_["data"]
+    by_setting = {}
+    for r in table.to_records():
+        by_setting.setdefault((r["lr"], r["momentum"], r["batch_size"]), {})[r["eps"]] = r
     rows = []
     for s in settings:
-        row = {**s, "n_steps": args.n_steps, "solver": args.solver}
-        b = s["batch_size"] or ttp.n_samples_
-        row["seconds_per_step"] = ttp.seconds_per_step_.get(b) if seconds else None
+        per_eps = by_setting[(s["lr"], s["momentum"], s["batch_size"])]
+        first = per_eps[args.eps[0]]
+        row = {**s, "n_steps": args.n_steps, "solver": args.solver,
+               "seconds_per_step": first.get("seconds_per_step") if seconds else None,
+               "diverged": bool(first["diverged"])}
+        row["predicted_steps"] = [None if row["diverged"] else int(per_eps[e]["t_eps"])
+                                  for e in args.eps]
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # divergence and trust are columns of the table
-            try:
-                steps = ttp.predict_time(args.eps, args.metric, **s)
-                row["predicted_steps"] = [int(t) for t in steps]
-                row["diverged"] = False
-            except DivergenceError:
-                row["predicted_steps"] = [None] * len(args.eps)
-                row["diverged"] = True
-            row["trust"] = _trust(ttp, s)
+            warnings.simplefilter("ignore")
+            row["trust"] = None if args.no_trust else _trust(ttp, s)
         row["predicted_seconds"] = [
             None if (t is None or row["seconds_per_step"] is None) else t * row["seconds_per_step"]
             for t in row["predicted_steps"]]
         rows.append(row)
-    return rows
+    return ttp, rows
+
+
+def _float_dtype(model):
+    from .utils._torch import model_device_dtype
+
+    return model_device_dtype(model)[1]
 
 
 def _validate_rows(ttp, X, y, args, rows, seeds=None):
@@ -381,10 +400,8 @@ def _cmd_demo(args):
     if not args.json:
         print("sktt demo: fine-tuning a convnet pre-trained on digits 0-4 (scikit-learn's 8x8 "
               "digits) on digits 5-9.", flush=True)
-    ttp = _fit(demo.model, demo.X, demo.y, args, "cross_entropy")
-    settings = _settings(args)
-    _check_settings(ttp, settings)
-    rows = _predict_rows(ttp, demo.X, demo.y, args, settings, seconds=not args.no_seconds)
+    ttp, rows = _predict_rows(demo.model, demo.X, demo.y, args, "cross_entropy",
+                              seconds=not args.no_seconds)
     if args.real:
         rows = _validate_rows(ttp, demo.X, demo.y, args, rows)
     _report(_document("demo", ttp, "DigitsConvNet (bundled)", "cross_entropy", args, rows),
@@ -414,20 +431,14 @@ def _load_user(args):
 
 def _cmd_predict(args):
     model, X, y, name = _load_user(args)
-    ttp = _fit(model, X, y, args, args.loss)
-    settings = _settings(args)
-    _check_settings(ttp, settings)
-    rows = _predict_rows(ttp, X, y, args, settings, seconds=not args.no_seconds)
+    ttp, rows = _predict_rows(model, X, y, args, args.loss, seconds=not args.no_seconds)
     _report(_document("predict", ttp, name, args.loss, args, rows), args, False)
     return EXIT_OK
 
 
 def _cmd_validate(args):
     model, X, y, name = _load_user(args)
-    ttp = _fit(model, X, y, args, args.loss)
-    settings = _settings(args)
-    _check_settings(ttp, settings)
-    rows = _predict_rows(ttp, X, y, args, settings, seconds=False)
+    ttp, rows = _predict_rows(model, X, y, args, args.loss, seconds=False)
     rows = _validate_rows(ttp, X, y, args, rows, seeds=args.seeds)
     _report(_document("validate", ttp, name, args.loss, args, rows), args, True)
     return EXIT_OK

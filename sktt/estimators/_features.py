@@ -31,6 +31,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ..gradients import as_inputs, model_outputs
+from ..gradients._outputs import check_output
 from ..gradients._full_rows import full_jacobian_rows
 from ..utils import root_seed
 from ..utils._torch import model_device_dtype, model_untouched, require_trainable
@@ -109,6 +110,9 @@ class JacobianFeatures(TransformerMixin, BaseEstimator):
     jacobian_method : {"auto", "layerwise", "functorch"}, default="auto"
         How per-sample gradients are computed, as in
         :class:`~sktt.TrainingTimePredictor` (same rows up to round-off).
+    output : None, str, int or callable, default=None
+        Which part of the model's raw output are the logits, as in
+        :class:`~sktt.TrainingTimePredictor`.
 
     Attributes
     ----------
@@ -154,7 +158,7 @@ class JacobianFeatures(TransformerMixin, BaseEstimator):
 
     def __init__(self, model=None, *, projection=None, projection_dim=2048, chunk_size=None,
                  max_memory=None, n_jobs=None, random_state=None, verbose=0,
-                 jacobian_method="auto"):
+                 jacobian_method="auto", output=None):
         self.model = model
         self.projection = projection
         self.projection_dim = projection_dim
@@ -164,6 +168,7 @@ class JacobianFeatures(TransformerMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.jacobian_method = jacobian_method
+        self.output = output
 
     def _check_params(self):
         if not isinstance(self.model, torch.nn.Module):
@@ -190,6 +195,7 @@ class JacobianFeatures(TransformerMixin, BaseEstimator):
         _, dtype = model_device_dtype(self.model)
         with model_untouched(self.model) as model:
             inputs, targets = as_inputs(X, y, float_dtype=dtype)
+            inputs = inputs.bind_output(check_output(self.output))
             f0 = model_outputs(model, inputs)
             if not np.all(np.isfinite(f0)):
                 raise ValueError("the model's outputs at the initial weights contain NaN or inf; "
@@ -223,7 +229,7 @@ class JacobianFeatures(TransformerMixin, BaseEstimator):
         _, dtype = model_device_dtype(self.model)
         with model_untouched(self.model) as model:
             inputs, _ = as_inputs(X, y, float_dtype=dtype)
-            first = inputs[:1] if not isinstance(inputs, tuple) else tuple(t[:1] for t in inputs)
+            first = inputs[:1].bind_output(check_output(self.output))
             self.n_outputs_ = int(model_outputs(model, first).shape[1])
         return self
 

@@ -29,7 +29,9 @@ from ..gram import DenseKernel, ntk_eigh
 from ..training import measure_step_time
 from ..utils import check_choice, check_int, derive_seed, root_seed
 from ..utils._batches import dataloader_batches
-from ..utils._torch import model_device_dtype, model_untouched, require_trainable
+from ..gradients._outputs import check_output
+from ..utils._torch import (model_device_dtype, model_untouched, require_trainable,
+                            warn_model_assumptions)
 from ._extraction_params import check_extraction_params
 from ._refresh import refreshed_curves
 from ._setting import resolve_setting
@@ -134,6 +136,12 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
         products (the reference). ``"auto"`` uses ``"layerwise"`` unless a
         probe finds that the model mixes samples in eval mode. Both give the
         same Θ up to round-off, with the same projection.
+    output : None, str, int or callable, default=None
+        Which part of the model's raw output are the (N, C) logits, everywhere
+        the model is called (fit, refresh, real training, step timing): None
+        takes a tensor as is, a ``transformers`` ``ModelOutput``'s ``.logits``, a
+        dict's ``"logits"`` or a tuple's element 0; a str names an attribute or
+        key, an int an index, a callable maps the raw output to the logits.
     random_state : int, RandomState instance or None, default=None
         Seeds the projection, the simulated minibatch orders and the SDE
         noise. Pass an int for reproducible results (the same for any
@@ -234,7 +242,7 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
                  projection_dim=2048, chunk_size=None, max_memory=None, n_jobs=None,
                  random_state=None, verbose=0, trust_check=True, refresh_steps=None,
                  refresh_seconds=None, jacobian_method="auto", n_paths=16, drop_last=False,
-                 sde_noise="diagonal"):
+                 sde_noise="diagonal", output=None):
         self.model = model
         self.loss = loss
         self.lr = lr
@@ -260,6 +268,7 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
         self.n_paths = n_paths
         self.drop_last = drop_last
         self.sde_noise = sde_noise
+        self.output = output
 
     # ------------------------------------------------------------------ validation
     def _check_fit_params(self):
@@ -313,10 +322,13 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
         max_memory = self._check_fit_params()
         self._setting({})  # fail early on bad lr / momentum / ...
         names, params = require_trainable(self.model)
+        warn_model_assumptions(self.model)  # train mode, low precision: say what is assumed
         seed = root_seed(self.random_state)
         _, dtype = model_device_dtype(self.model)
         with model_untouched(self.model) as model:
             inputs, y = as_inputs(X, y, float_dtype=dtype)
+            # the logits selector travels with the inputs (workers, refresh, trust)
+            inputs = inputs.bind_output(check_output(self.output))
             if y is None:
                 raise ValueError("y is None; accepted: targets of length n_samples, or a Dataset "
                                  "yielding (x, y) pairs as X.")
@@ -484,7 +496,7 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
                 self.model, X, y, batch_size=b, loss=self.loss, lr=self.lr,
                 momentum=self.momentum, dampening=self.dampening, nesterov=self.nesterov,
                 weight_decay=self.weight_decay, n_repeats=n_repeats, n_warmup=n_warmup,
-                train_mode=train_mode)
+                train_mode=train_mode, output=self.output)
         return self
 
     # ------------------------------------------------------------------ dynamics

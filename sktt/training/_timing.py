@@ -22,7 +22,7 @@ from torch import nn
 
 from ..dynamics import TrainingRecipe
 from ..gradients._inputs import as_inputs, index_inputs, inputs_to, n_samples_of
-from ..gradients._outputs import call_model
+from ..gradients._outputs import call_model, check_output
 from ..utils import check_choice, check_int
 from ._loop import run_steps
 from ..utils._torch import model_device_dtype, model_untouched, require_trainable
@@ -51,7 +51,7 @@ def _targets_tensor(y, loss, dtype, device, n_outputs):
 
 def measure_step_time(model, X, y=None, *, batch_size, loss="cross_entropy", lr=1e-3,
                       momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
-                      n_repeats=5, n_warmup=2, train_mode=True):
+                      n_repeats=5, n_warmup=2, train_mode=True, output=None):
     """Median wall-clock seconds of one SGD step (forward + backward + update).
 
     Parameters
@@ -79,6 +79,9 @@ def measure_step_time(model, X, y=None, *, batch_size, loss="cross_entropy", lr=
         Timed steps; the median is returned.
     n_warmup : int, default=2
         Untimed steps run first.
+    output : None, str, int or callable, default=None
+        Which part of the model's output are the logits
+        (:func:`sktt.gradients.select_logits`).
     train_mode : bool, default=True
         Time the steps in ``train()`` mode (dropout on, BatchNorm statistics
         updated), as a real fine-tuning loop runs them.
@@ -117,7 +120,7 @@ def measure_step_time(model, X, y=None, *, batch_size, loss="cross_entropy", lr=
     n = n_samples_of(inputs)
     idx = torch.arange(batch_size) % n  # repeat rows when X is smaller than a batch
     batch = index_inputs(inputs, idx)
-    batch = inputs_to(batch, device)
+    batch = inputs_to(batch, device).bind_output(check_output(output))
     with model_untouched(model), torch.no_grad():  # C, from one sample in eval mode
         n_outputs = call_model(model, index_inputs(batch, slice(0, 1))).shape[-1]
     targets = _targets_tensor(y[idx], loss, dtype, device, n_outputs)
