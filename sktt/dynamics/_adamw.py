@@ -160,7 +160,7 @@ def _check_rows(name, rows, n_params=None):
 @single_threaded_blas
 def simulate_adamw(rows, w0, F0, targets, *, loss, lrs, n_steps=None, betas=(0.9, 0.999),
                    eps=1e-8, weight_decay=0.01, batches=None, labels=None, eval_rows=None,
-                   eval_F0=None, eval_targets=None, eval_labels=None):
+                   eval_F0=None, eval_targets=None, eval_labels=None, state=None):
     r"""Train the linearised model with ``torch.optim.AdamW``, exactly, step by step.
 
     Parameters
@@ -198,6 +198,11 @@ def simulate_adamw(rows, w0, F0, targets, *, loss, lrs, n_steps=None, betas=(0.9
         Labels (M,) or targets (M, C) of the held-out samples.
     eval_labels : ndarray of shape (M,), optional
         Compute the held-out error against these labels.
+    state : dict, optional
+        Resume a run: torch's ``exp_avg`` and ``exp_avg_sq`` (each (D,), in the
+        column order of ``rows``) and ``step`` (steps already taken, for the
+        bias corrections). ``w0`` is then the current weights and ``F0`` the
+        outputs there. None starts fresh (zero moments, step 0).
 
     Returns
     -------
@@ -238,6 +243,11 @@ def simulate_adamw(rows, w0, F0, targets, *, loss, lrs, n_steps=None, betas=(0.9
     w = np.repeat(w0[None], n_paths, axis=0)  # (P, D), the weights as torch holds them
     m = np.zeros((n_paths, d))
     v = np.zeros((n_paths, d))
+    step0 = 0
+    if state is not None:
+        m[:] = np.asarray(state["exp_avg"], dtype=np.float64).reshape(-1)
+        v[:] = np.asarray(state["exp_avg_sq"], dtype=np.float64).reshape(-1)
+        step0 = int(state["step"])
     losses = np.full((n_paths, n_steps + 1), np.nan)
     errors = None if labels is None else np.full((n_paths, n_steps + 1), np.nan)
     eval_losses = np.full((n_paths, n_steps + 1), np.nan) if has_eval else None
@@ -276,7 +286,7 @@ def simulate_adamw(rows, w0, F0, targets, *, loss, lrs, n_steps=None, betas=(0.9
                     grad_b = loss_value_and_gradient(F[p, idx[p]], targets[idx[p]], loss)[1]
                     batch_rows = (idx[p][:, None] * c + out_offsets).reshape(-1)
                     g[p] = _apply_transpose(rows[batch_rows], grad_b.reshape(1, -1))[0]
-            lr, step = lrs[t], t + 1
+            lr, step = lrs[t], step0 + t + 1
             if weight_decay != 0:
                 w *= 1.0 - lr * weight_decay
             m += (1.0 - beta1) * (g - m)  # torch: exp_avg.lerp_(grad, 1 - beta1)

@@ -96,13 +96,15 @@ falling at T, so T_ε is near T for small ε; the curve errors are the sharper
 figure.
 """
 
+import dataclasses
+
 import numpy as np
 
 from ..utils._threads import single_threaded_blas
 from ._adamw import check_adamw_params
 from ._losses import loss_value_and_gradient, train_error
 
-__all__ = ["RESCALE_MODES", "adamw_kernels", "simulate_adamw_kernel"]
+__all__ = ["PreconditionedKernels", "RESCALE_MODES", "adamw_kernels", "simulate_adamw_kernel"]
 
 RESCALE_MODES = ("none", "group")
 
@@ -111,6 +113,34 @@ def _as_list(kernels):
     if isinstance(kernels, np.ndarray) and kernels.ndim == 2:
         return [kernels]
     return list(kernels)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PreconditionedKernels:
+    r"""The kernels of AdamW's approximate mode, the operand :func:`sktt.dynamics.simulate` takes.
+
+    Attributes
+    ----------
+    precond : list of ndarray of shape (N·C, N·C)
+        :math:`J_g P J_g^\top` per parameter group g.
+    square : list of ndarray of shape (N·C, N·C)
+        :math:`J_g P^2 J_g^\top` per group (the rescaling's tracked norm).
+    refs : ndarray of shape (G,)
+        :math:`\sum_{i\in g} \hat v_{0,i} P_i^2` per group.
+    group_names : list of str
+        One label per group (for messages).
+    """
+
+    precond: list
+    square: list
+    refs: np.ndarray
+    group_names: list = None
+
+    def add(self, other):
+        """The groups of ``self`` then those of ``other`` (built block by block)."""
+        return PreconditionedKernels(self.precond + other.precond, self.square + other.square,
+                                     np.concatenate([self.refs, other.refs]),
+                                     (self.group_names or []) + (other.group_names or []))
 
 
 def adamw_kernels(rows, v0, groups=None, *, eps=1e-8):

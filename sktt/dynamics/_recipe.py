@@ -49,6 +49,26 @@ What the flow solvers approximate: the ODE and SDE follow
 with :math:`\tilde\eta_t` piecewise constant over each step. They miss the
 momentum warm-up, Nesterov's look-ahead and dampening's first undamped step;
 only the ``"discrete"`` solver is exact for every term.
+
+AdamW
+-----
+``optimizer="adamw"`` is ``torch.optim.AdamW(lr=η_t, betas, eps=adam_eps,
+weight_decay=λ)``: decoupled decay :math:`w \leftarrow w(1-\eta_t\lambda)`
+then the bias-corrected Adam step (:mod:`sktt.dynamics._adamw`). The same
+``weight_decay`` field means the coupled L2 term for SGD and this decoupled
+decay for AdamW (sktt's default is 0 for both; torch's AdamW default is 0.01:
+pass it). SGD's ``momentum`` / ``dampening`` / ``nesterov`` have no meaning
+for AdamW and must keep their defaults (a non-default value raises); AdamW's
+``betas`` / ``adam_eps`` / ``adamw_mode`` are ignored by SGD. Adam divides
+each coordinate by :math:`\sqrt{\hat v}`, so it is not a function-space method:
+there is no effective rate and no linear stability edge
+(:meth:`TrainingRecipe.effective_learning_rates` and
+:meth:`TrainingRecipe.stability_ratio` raise for it; a step moves each weight
+by at most about :math:`\eta_t`). ``adamw_mode`` chooses the simulation:
+``"exact"`` (parameter space, needs the Jacobian rows), ``"approximate"``
+(frozen diagonal preconditioner in function space,
+:mod:`sktt.dynamics._adamw_kernel`), ``"auto"`` (exact when the rows fit the
+memory budget).
 """
 
 import dataclasses
@@ -60,7 +80,8 @@ from ..utils import check_choice, check_fraction, check_int, check_positive_fini
 __all__ = ["RECIPE_PARAMETERS", "SOLVERS", "TrainingRecipe", "check_learning_rates"]
 
 SOLVERS = ("auto", "ode", "discrete", "sde")
-OPTIMIZERS = ("sgd",)
+OPTIMIZERS = ("sgd", "adamw")
+ADAMW_MODES = ("auto", "exact", "approximate")
 
 
 def _check_bool(name, value):
@@ -94,6 +115,18 @@ def check_learning_rates(rates, n_steps, *, name="lr_scheduler"):
     return tuple(float(v) for v in arr)
 
 
+def _check_betas(value):
+    try:
+        pair = tuple(float(b) for b in value)
+    except (TypeError, ValueError):
+        pair = None
+    if (pair is None or len(pair) != 2 or isinstance(value, str)
+            or not all(0.0 <= b < 1.0 for b in pair)):
+        raise ValueError(f"betas={value!r}; accepted: a pair of floats (beta1, beta2), each in "
+                         "[0, 1), as torch.optim.AdamW.")
+    return pair
+
+
 def _batch_size(value):
     return None if value is None else check_int("batch_size", value, low=1)
 
@@ -110,6 +143,9 @@ RECIPE_PARAMETERS = {
                                            high_inclusive=True), 0.0),
     "nesterov": (lambda v: _check_bool("nesterov", v), False),
     "weight_decay": (lambda v: check_positive_finite("weight_decay", v, allow_zero=True), 0.0),
+    "betas": (_check_betas, (0.9, 0.999)),
+    "adam_eps": (lambda v: check_positive_finite("adam_eps", v), 1e-8),
+    "adamw_mode": (lambda v: check_choice("adamw_mode", v, ADAMW_MODES), "auto"),
     "batch_size": (_batch_size, None),
     "drop_last": (lambda v: _check_bool("drop_last", v), False),
     "n_paths": (lambda v: check_int("n_paths", v, low=1), 16),
@@ -128,14 +164,22 @@ class TrainingRecipe:
 
     Attributes
     ----------
-    optimizer : {"sgd"}
+    optimizer : {"sgd", "adamw"}
+        ``torch.optim.SGD`` or ``torch.optim.AdamW``.
     lr : float
         Base learning rate (torch's ``lr``); the per-step rates are
         :attr:`learning_rates`.
     momentum, dampening : float
     nesterov : bool
     weight_decay : float
-        torch's coupled L2 term ``grad + λ·w``.
+        SGD: torch's coupled L2 term ``grad + λ·w``; AdamW: its decoupled decay
+        ``w ← w·(1 − η_t·λ)``.
+    betas : (float, float)
+        AdamW's (β1, β2).
+    adam_eps : float
+        AdamW's ε (torch's ``eps``).
+    adamw_mode : {"auto", "exact", "approximate"}
+        How AdamW is simulated (module docstring).
     lr_schedule : tuple of float or None
         The learning rate of each step (length ``n_steps``); None = constant ``lr``.
     batch_size : int or None
@@ -154,6 +198,9 @@ class TrainingRecipe:
     dampening: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    adamw_mode: str = "auto"
     lr_schedule: tuple = None
     batch_size: int = None
     drop_last: bool = False
@@ -192,6 +239,17 @@ class TrainingRecipe:
             raise ValueError(f"nesterov=True needs momentum > 0 and dampening=0 (as torch.optim."
                              f"SGD); got momentum={values['momentum']}, dampening="
                              f"{values['dampening']}.")
+        if values["optimizer"] == "adamw":
+            sgd_only = {k: values[k] for k in ("momentum", "dampening", "nesterov")
+                        if values[k] != RECIPE_PARAMETERS[k][1]}
+            if sgd_only:
+                raise ValueError(f"{sorted(sgd_only)} = {sgd_only} are torch.optim.SGD settings; "
+                                 "optimizer='adamw' takes betas, adam_eps and weight_decay "
+                                 "instead (leave momentum=0, dampening=0, nesterov=False).")
+            if values["solver"] not in ("auto", "discrete"):
+                raise ValueError(f"optimizer='adamw' is simulated step by step: solver='auto' or "
+                                 f"'discrete', not solver={values['solver']!r} (AdamW has no "
+                                 "gradient flow in function space).")
         b = values["batch_size"]
         if b is not None and n_samples is not None:
             b = check_int("batch_size", b, low=1, high=n_samples)
@@ -257,8 +315,21 @@ class TrainingRecipe:
             return 1.0 + m * (1.0 - tau) / (1.0 - m)
         return (1.0 - tau) / (1.0 - m)
 
+    @property
+    def is_adamw(self):
+        """Whether the optimiser is AdamW."""
+        return self.optimizer == "adamw"
+
+    def _sgd_only(self, what):
+        if self.is_adamw:
+            raise ValueError(f"{what} is defined for optimizer='sgd' only: AdamW normalises each "
+                             "coordinate by its own sqrt(v), so it has no function-space "
+                             "effective rate or linear stability edge (each step moves a "
+                             "weight by about lr at most).")
+
     def effective_learning_rates(self):
         """η̃_t = η_t·γ, the rates of the gradient flow (ODE/SDE), shape (n_steps,)."""
+        self._sgd_only("effective_learning_rates")
         return self.learning_rates * self.momentum_gain
 
     @property
@@ -277,7 +348,9 @@ class TrainingRecipe:
         """max_t η_t·(1−τ)·(h + λ) / edge for the loss curvature ``h``; 1 is the edge.
 
         ``curvature`` is λ_max(H^½ΘH^½) (:func:`sktt.dynamics.batch_curvature`).
+        Raises for AdamW (module docstring).
         """
+        self._sgd_only("stability_ratio")
         damp = 1.0 - self.dampening if self.momentum > 0 else 1.0
         eta = float(self.learning_rates.max())
         return eta * damp * (float(curvature) + self.weight_decay) / self.stability_edge()
@@ -289,8 +362,14 @@ class TrainingRecipe:
 
     def describe(self):
         """Short text for messages: lr, momentum, batch size, steps (and the extra terms)."""
-        parts = [f"lr={self.lr:g}", f"momentum={self.momentum:g}",
-                 f"batch_size={self.batch_size}", f"n_steps={self.n_steps}"]
+        if self.is_adamw:
+            parts = [f"optimizer='adamw'", f"lr={self.lr:g}", f"betas={self.betas}",
+                     f"batch_size={self.batch_size}", f"n_steps={self.n_steps}"]
+            if self.adam_eps != 1e-8:
+                parts.append(f"adam_eps={self.adam_eps:g}")
+        else:
+            parts = [f"lr={self.lr:g}", f"momentum={self.momentum:g}",
+                     f"batch_size={self.batch_size}", f"n_steps={self.n_steps}"]
         if self.weight_decay:
             parts.append(f"weight_decay={self.weight_decay:g}")
         if self.nesterov:

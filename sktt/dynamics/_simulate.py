@@ -17,12 +17,22 @@ and dispatches to the solver the recipe names:
 Every result has ``(P, n_steps + 1)`` curves ``"loss"``, ``"error"``,
 ``"eval_loss"``, ``"eval_error"`` (None where not computed) and
 ``"diverged_at"`` (P,).
+
+``optimizer="adamw"`` (discrete steps only) dispatches on what it is given,
+as ``recipe.adamw_mode`` allows: the exact parameter-space recursion
+(:func:`sktt.dynamics._adamw.simulate_adamw`) when ``problem`` carries the
+Jacobian rows and ``w0``; the frozen-preconditioner approximation
+(:func:`sktt.dynamics._adamw_kernel.simulate_adamw_kernel`, per-layer
+rescaling) when ``kernel`` is a
+:class:`~sktt.dynamics._adamw_kernel.PreconditionedKernels`.
 """
 
 import dataclasses
 
 import numpy as np
 
+from ._adamw import simulate_adamw
+from ._adamw_kernel import PreconditionedKernels, simulate_adamw_kernel
 from ._closed_form import mse_closed_form, mse_spectral_loss
 from ._discrete import simulate_discrete
 from ._ode import solve_gradient_flow
@@ -48,6 +58,15 @@ class LinearizedProblem:
         Φ0 = J·w0 (trainable parameters only): the weight-decay anchor.
     eval_f0, eval_targets, eval_labels, eval_jw0 : optional
         The same for held-out rows (never in a batch).
+    rows : ndarray of shape (N·C, D), optional
+        Exact Jacobian rows of the trainable weights (AdamW's exact mode).
+    w0 : ndarray of shape (D,), optional
+        The trainable weights at the linearisation point, in the column order
+        of ``rows``.
+    eval_rows : ndarray of shape (N_eval·C, D), optional
+    adamw_state : dict, optional
+        torch's AdamW state at ``w0`` (``exp_avg``, ``exp_avg_sq``, ``step``)
+        when resuming a run.
     """
 
     f0: np.ndarray
@@ -59,6 +78,10 @@ class LinearizedProblem:
     eval_targets: np.ndarray = None
     eval_labels: np.ndarray = None
     eval_jw0: np.ndarray = None
+    rows: np.ndarray = None
+    w0: np.ndarray = None
+    eval_rows: np.ndarray = None
+    adamw_state: dict = None
 
     @property
     def n_eval(self):
@@ -114,6 +137,8 @@ def simulate(kernel, problem, recipe, *, batches=None, momentum_buffer=None,
         Curves of shape (P, n_steps + 1) and ``"diverged_at"`` (see the module docstring).
     """
     solver = recipe.resolved_solver
+    if recipe.is_adamw:
+        return _simulate_adamw(kernel, problem, recipe, batches)
     if getattr(kernel, "spectrum_only", False):  # a spectrum determines MSE flow only
         if solver != "ode" or recipe.weight_decay:
             raise ValueError("a kernel known only by its spectrum predicts the MSE gradient "
@@ -150,5 +175,53 @@ def simulate(kernel, problem, recipe, *, batches=None, momentum_buffer=None,
     substeps = sde_substeps(recipe, kernel.lambda_max, n, c, problem.loss)
     out = simulate_sde(kernel, problem, recipe, batch_size=b, noise_factor=noise_factor,
                        seeds=seeds, n_substeps=substeps)
+    out["eval_loss"] = out["eval_error"] = None
+    return out
+
+
+def _simulate_adamw(kernel, problem, recipe, batches):
+    """AdamW: the exact parameter-space mode or the preconditioned-kernel approximation."""
+    if recipe.resolved_solver != "discrete":
+        raise ValueError(f"optimizer='adamw' is simulated step by step (solver='discrete'), "
+                         f"not solver={recipe.solver!r}: Adam's per-coordinate normalisation has "
+                         "no gradient flow in function space.")
+    mode = recipe.adamw_mode
+    exact = problem.rows is not None and problem.w0 is not None
+    approx = isinstance(kernel, PreconditionedKernels)
+    if mode == "auto":
+        mode = "exact" if exact else "approximate"
+    if mode == "exact" and not exact:
+        raise ValueError("adamw_mode='exact' needs the Jacobian rows J (N·C × D) and w0 in the "
+                         "problem (LinearizedProblem(rows=, w0=)).")
+    if mode == "approximate" and not approx:
+        raise ValueError("adamw_mode='approximate' needs a PreconditionedKernels kernel (the "
+                         "per-layer J·P·Jᵀ of sktt.dynamics._adamw_kernel); got "
+                         f"{type(kernel).__name__}.")
+    rates = recipe.learning_rates
+    common = dict(loss=problem.loss, lrs=rates, n_steps=recipe.n_steps, betas=recipe.betas,
+                  weight_decay=recipe.weight_decay, batches=batches, labels=problem.labels)
+    if mode == "exact":
+        has_eval = problem.n_eval > 0
+        if has_eval and problem.eval_rows is None:
+            raise ValueError("held-out rows need their Jacobian rows (eval_rows) in AdamW's "
+                             "exact mode.")
+        out = simulate_adamw(problem.rows, problem.w0, problem.f0, problem.targets,
+                             eps=recipe.adam_eps, eval_rows=problem.eval_rows if has_eval else None,
+                             eval_F0=problem.eval_f0, eval_targets=problem.eval_targets,
+                             eval_labels=problem.eval_labels, state=problem.adamw_state, **common)
+        out.setdefault("eval_loss", None)
+        out.setdefault("eval_error", None)
+        return out
+    if problem.n_eval:
+        raise ValueError("AdamW's approximate mode predicts the training rows only; held-out "
+                         "curves need adamw_mode='exact'.")
+    if problem.adamw_state is not None:
+        raise ValueError("AdamW's approximate mode cannot resume from a real optimiser state "
+                         "(its moments live in parameter space); use adamw_mode='exact'.")
+    if recipe.weight_decay > 0 and problem.jw0 is None:
+        raise ValueError("weight_decay > 0 needs J·w0 (jw0) in the problem.")
+    out = simulate_adamw_kernel(kernel.precond, problem.f0, problem.targets, jw0=problem.jw0,
+                                rescale="group", rescale_kernels=kernel.square,
+                                rescale_refs=kernel.refs, **common)
     out["eval_loss"] = out["eval_error"] = None
     return out

@@ -33,6 +33,7 @@ from ..gradients._outputs import check_output
 from ..utils._torch import (model_device_dtype, model_untouched, require_trainable,
                             warn_model_assumptions)
 from ._extraction_params import check_extraction_params
+from ._adamw import AdamWMixin
 from ._refresh import refreshed_curves
 from ._setting import resolve_setting
 from ._spectrum import GramSpectrum
@@ -49,7 +50,7 @@ METRICS = ("loss", "error")
 _EDGE = "η·λ_max(HΘ)/(2(1+m))"
 
 
-class TrainingTimePredictor(TrustMixin, BaseEstimator):
+class TrainingTimePredictor(AdamWMixin, TrustMixin, BaseEstimator):
     r"""Predict the loss curve and ε-training-time of fine-tuning a torch model, without training.
 
     Parameters
@@ -65,9 +66,14 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
     loss : {"cross_entropy", "mse"}, default="cross_entropy"
         torch's ``nn.CrossEntropyLoss()`` / ``nn.MSELoss()`` with the default mean
         reduction.
+    optimizer : {"sgd", "adamw"}, default="sgd"
+        ``torch.optim.SGD`` or ``torch.optim.AdamW``. AdamW is simulated step
+        by step (solver "auto"/"discrete") in parameter space, exactly for the
+        linearised model, or approximately beyond the memory budget (see
+        ``adamw_mode`` and docs/adamw.rst); it does not use Θ.
     lr : float, default=1e-3
-        Learning rate η of ``torch.optim.SGD`` (its base rate when
-        ``lr_scheduler`` is set).
+        Learning rate η of the optimiser (its base rate when ``lr_scheduler``
+        is set).
     momentum : float, default=0.0
         Momentum m of ``torch.optim.SGD``, in [0, 1).
     dampening : float, default=0.0
@@ -76,8 +82,21 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
     nesterov : bool, default=False
         Nesterov momentum (needs momentum > 0 and dampening 0, as torch).
     weight_decay : float, default=0.0
-        torch.optim.SGD's coupled L2 term λ (``grad + λ·w``); exact in function
+        SGD: torch's coupled L2 term λ (``grad + λ·w``); exact in function
         space through Φ0 = J·w0 (one forward-mode pass, computed on first use).
+        AdamW: its decoupled decay ``w ← w·(1 − η_t·λ)`` (torch's AdamW
+        default is 0.01; sktt's is 0 for both: pass it).
+    betas : (float, float), default=(0.9, 0.999)
+        AdamW's (β1, β2); ignored by SGD.
+    adam_eps : float, default=1e-8
+        AdamW's ``eps``; ignored by SGD (``eps`` is predict_time's ε).
+    adamw_mode : {"auto", "exact", "approximate"}, default="auto"
+        ``"exact"``: AdamW on the exact Jacobian rows J (N·C × D, computed on
+        the first AdamW prediction; needs N·C·D·8 bytes within
+        ``max_memory``). ``"approximate"``: a frozen diagonal preconditioner
+        from the first batches' squared gradients, per-layer rescaled, in
+        function space (:mod:`sktt.dynamics._adamw_kernel`). ``"auto"``:
+        exact when J fits ``max_memory``. The mode used is ``adamw_mode_``.
     lr_scheduler : callable, array-like or None, default=None
         A callable taking a torch optimizer and returning an LR scheduler
         (e.g. ``functools.partial(CosineAnnealingLR, T_max=150)``, or a
@@ -203,6 +222,8 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
         Predicted ‖Δw‖/‖w0‖ per trainable parameter tensor.
     trust_seconds_ : float
         Wall time of the trust diagnostic.
+    adamw_mode_ : {"exact", "approximate"}
+        The AdamW mode of the last AdamW prediction (absent before one).
     seconds_per_step_ : dict of int to float
         Median seconds of one real SGD step per batch size, filled by
         :meth:`measure_step_time` (emptied by ``fit``); used by
@@ -236,8 +257,9 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
     True
     """
 
-    def __init__(self, model=None, *, loss="cross_entropy", lr=1e-3, momentum=0.0,
-                 dampening=0.0, nesterov=False, weight_decay=0.0, lr_scheduler=None,
+    def __init__(self, model=None, *, loss="cross_entropy", optimizer="sgd", lr=1e-3,
+                 momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
+                 betas=(0.9, 0.999), adam_eps=1e-8, adamw_mode="auto", lr_scheduler=None,
                  batch_size=None, n_steps=150, solver="auto", projection=None,
                  projection_dim=2048, chunk_size=None, max_memory=None, n_jobs=None,
                  random_state=None, verbose=0, trust_check=True, refresh_steps=None,
@@ -245,11 +267,15 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
                  sde_noise="diagonal", output=None):
         self.model = model
         self.loss = loss
+        self.optimizer = optimizer
         self.lr = lr
         self.momentum = momentum
         self.dampening = dampening
         self.nesterov = nesterov
         self.weight_decay = weight_decay
+        self.betas = betas
+        self.adam_eps = adam_eps
+        self.adamw_mode = adamw_mode
         self.lr_scheduler = lr_scheduler
         self.batch_size = batch_size
         self.n_steps = n_steps
@@ -437,10 +463,10 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
     # ------------------------------------------------------------------ seconds
     def measure_step_time(self, X, y=None, *, batch_size=None, n_repeats=5, n_warmup=2,
                           train_mode=True):
-        """Time real SGD steps of the model here, for ``predict_time(unit="seconds")``.
+        """Time real optimiser steps of the model here, for ``predict_time(unit="seconds")``.
 
-        Runs ``n_warmup + n_repeats`` real steps (forward, backward,
-        ``torch.optim.SGD.step()``) on a deep copy of ``model`` and stores the
+        Runs ``n_warmup + n_repeats`` real steps (forward, backward, the
+        estimator's optimiser's ``step()``) on a deep copy of ``model`` and stores the
         median seconds per step in ``seconds_per_step_[batch_size]``. The model
         itself, its gradients and the global RNG states are left untouched.
 
@@ -496,7 +522,8 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
                 self.model, X, y, batch_size=b, loss=self.loss, lr=self.lr,
                 momentum=self.momentum, dampening=self.dampening, nesterov=self.nesterov,
                 weight_decay=self.weight_decay, n_repeats=n_repeats, n_warmup=n_warmup,
-                train_mode=train_mode, output=self.output)
+                train_mode=train_mode, optimizer=self.optimizer, betas=self.betas,
+                adam_eps=self.adam_eps, output=self.output)
         return self
 
     # ------------------------------------------------------------------ dynamics
@@ -565,6 +592,11 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
         solver = recipe.resolved_solver
         if batches is None and solver == "discrete" and not recipe.full_batch:
             batches = self._batch_sequence(recipe, recipe.n_paths)
+        if recipe.is_adamw:  # parameter space or preconditioned kernels (._adamw)
+            kernel, problem, mode = self._adamw_operands(recipe)
+            out = simulate(kernel, problem, recipe, batches=batches)
+            out["adamw_mode"] = mode
+            return out
         noise = seeds = None
         if solver == "sde":
             seeds = sde_seeds(self.seed_, recipe.n_paths)
@@ -596,6 +628,11 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
             return f"the loss becomes non-finite at step {step}"
         solver = recipe.resolved_solver
         sgd = not recipe.full_batch
+        if recipe.is_adamw:  # no linear stability edge: only a rise is a sign
+            if mean[-1] > mean[0] * (1.0 + 1e-9):
+                return (f"the loss at step {len(mean) - 1} ({mean[-1]:.4g}) is above where it "
+                        f"starts ({mean[0]:.4g})")
+            return None
         if mean[-1] > mean[0] * (1.0 + 1e-9):
             ratio = self._stability(recipe, sgd=sgd)
             if ratio >= 1.0:  # below the edge a rise is SGD's noise floor, not divergence
@@ -637,13 +674,17 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
         return self._cache[key]
 
     def _stability(self, recipe, *, sgd):
-        """The recipe's stability ratio at w0 (1 is the edge)."""
+        """The recipe's stability ratio at w0 (1 is the edge); NaN for AdamW, which has none."""
+        if recipe.is_adamw:
+            return float("nan")
         return recipe.stability_ratio(self._curvature(recipe, sgd=sgd))
 
     def _has_error_metric(self):
         return self.loss == "cross_entropy" or self.n_outputs_ > 1
 
     def _stability_hint(self, recipe):
+        if recipe.is_adamw:
+            return "AdamW moves each weight by about lr per step; try a smaller lr"
         h = self._curvature(recipe, sgd=False)
         lam = self.eigenvalues_[0]
         scale = (self.n_samples_ if self.loss == "cross_entropy"

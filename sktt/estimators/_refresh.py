@@ -17,6 +17,13 @@ budget ``refresh_seconds``) the predictor
    learning-rate schedule (the discrete solver resumes with :math:`A_k`; the
    ODE solver starts at rest).
 
+AdamW (exact mode only): step 2 takes the exact Jacobian rows :math:`J_k` and
+the weights :math:`w_k` instead of Θ, and torch's optimiser state (``exp_avg``,
+``exp_avg_sq``, ``step``) is carried into the parameter-space simulation as it
+is, so the resumed steps are torch's next steps on the linearised model. The
+approximate mode's moments live in a frozen function-space preconditioner
+that a real state cannot be mapped into: it refuses.
+
 The curve's first k + 1 points are the measured ones. With minibatches the real
 steps follow path 0 of the prediction's batch orders (``dataloader_seed(0)``)
 and each of the ``n_paths`` simulated paths continues from the measured state
@@ -32,6 +39,8 @@ import copy
 import math
 import time
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -42,6 +51,7 @@ from ..gram import DenseKernel
 from ..training import run_steps, torch_targets
 from ..utils import parse_memory
 from ..utils._torch import model_untouched
+from ._adamw import exact_rows, flat_weights
 
 __all__ = ["real_steps", "refreshed_curves"]
 
@@ -117,6 +127,11 @@ def refreshed_curves(est, setting):
     if solver not in ("discrete", "ode"):
         raise ValueError(f"refresh_steps / refresh_seconds resume the prediction from real "
                          f"weights with solver 'discrete' or 'ode', not solver={solver!r}.")
+    if recipe.is_adamw and est._adamw_resolved_mode(recipe) != "exact":
+        raise ValueError("refresh_steps / refresh_seconds with optimizer='adamw' need "
+                         "adamw_mode='exact' (the real Adam moments are carried into the "
+                         "parameter-space simulation); the approximate mode cannot take them. "
+                         "Raise max_memory so the Jacobian rows fit, or drop the refresh.")
     sgd = not recipe.full_batch
     n_paths = recipe.n_paths if sgd and solver == "discrete" else 1
     full_batches = est._batch_sequence(recipe, n_paths) if sgd else None
@@ -152,6 +167,13 @@ def refreshed_curves(est, setting):
         return out
     t1 = time.perf_counter()
     F_k = F_real[-1]
+    rest = T - k
+    rest_recipe = recipe.replace(n_steps=rest, lr_schedule=recipe.learning_rates[k:])
+    rest_batches = None if full_batches is None or solver != "discrete" else full_batches[k:]
+    if recipe.is_adamw:
+        sim = _adamw_resumed(est, net, opt, F_k, problem, rest_recipe, rest_batches, info)
+        info["seconds_relinearise"] = time.perf_counter() - t1
+        return _joined(sim, real_loss, real_error, k, rest, info, t0)
     with model_untouched(net) as net_eval:
         ntk_k, _ = ntk_from_model(
             net_eval, state["inputs"], state["names"], n_outputs=est.n_outputs_,
@@ -170,15 +192,37 @@ def refreshed_curves(est, setting):
             jw_k = operator.jvp({n: named[n].detach() for n in state["names"]})
     info["seconds_relinearise"] = time.perf_counter() - t1
     info["kernel_trace_ratio"] = float(np.trace(ntk_k) / np.trace(est.ntk_))
-    rest = T - k
-    schedule = recipe.learning_rates[k:]
-    rest_recipe = recipe.replace(n_steps=rest, lr_schedule=schedule)
     # every path continues from the measured state with its own batch order; the
     # real steps followed path 0 (the order of ``dataloader_seed(0)``)
-    rest_batches = None if full_batches is None or solver != "discrete" else full_batches[k:]
     sim = simulate(DenseKernel(ntk_k, est.n_outputs_), problem.with_outputs(F_k, jw0=jw_k),
                    rest_recipe, batches=rest_batches,
                    momentum_buffer=A_k if solver == "discrete" else None)
+    return _joined(sim, real_loss, real_error, k, rest, info, t0)
+
+
+def _adamw_resumed(est, net, opt, F_k, problem, rest_recipe, rest_batches, info):
+    """The exact AdamW simulation of the remaining steps from w_k and torch's state there."""
+    names = est._trust_state["names"]
+    with model_untouched(net) as net_eval:
+        rows_k = exact_rows(est, net_eval, names)
+        w_k = flat_weights(net_eval, names)
+        named = dict(net_eval.named_parameters(remove_duplicate=False))
+        states = [opt.state[named[n]] for n in names]
+        state = {key: np.concatenate([st[key].detach().cpu().double().reshape(-1).numpy()
+                                      for st in states])
+                 for key in ("exp_avg", "exp_avg_sq")}
+        state["step"] = int(float(states[0]["step"]))
+    info["kernel_trace_ratio"] = float(np.sum(rows_k * rows_k) / np.trace(est.ntk_))
+    resumed = dataclasses.replace(problem.with_outputs(F_k), rows=rows_k, w0=w_k,
+                                  adamw_state=state)
+    out = simulate(est._kernel, resumed, rest_recipe.replace(adamw_mode="exact"),
+                   batches=rest_batches)
+    out.pop("weights", None)
+    return out
+
+
+def _joined(sim, real_loss, real_error, k, rest, info, t0):
+    """The measured first k + 1 points, then the simulated rest, in ``_curves``' format."""
     measured = {"loss": real_loss, "error": real_error}
     out = {}
     for key, value in sim.items():

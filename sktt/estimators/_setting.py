@@ -14,7 +14,7 @@ __all__ = ["DYNAMICS_PARAMS", "Setting", "resolve_setting"]
 
 #: Parameters read at predict time (overridable per call): the recipe's, the LR
 #: scheduler, and the closed-loop refresh.
-DYNAMICS_PARAMS = tuple(name for name in RECIPE_PARAMETERS if name != "optimizer") + (
+DYNAMICS_PARAMS = tuple(RECIPE_PARAMETERS) + (
     "lr_scheduler", "refresh_steps", "refresh_seconds")
 
 

@@ -60,6 +60,7 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 
+from ..dynamics import simulate
 from ..dynamics._displacement import linear_displacement, stability_ratio
 from ..exceptions import LinearizationWarning
 from ..gradients import index_inputs, ntk_from_model
@@ -113,6 +114,11 @@ class TrustReport:
     refresh : dict or None
         For a closed-loop prediction: the real steps taken and the measured
         kernel change over them (see :mod:`sktt.estimators._refresh`).
+    adamw_mode : {"exact", "approximate"} or None
+        For ``optimizer="adamw"``: the simulation mode the prediction uses
+        (:mod:`sktt.estimators._adamw`). The exact mode's displacement is the
+        simulated ``w_T − w0``; the approximate mode has no parameter-space
+        displacement, so its report is "doubtful" and says so.
     """
 
     level: str
@@ -127,6 +133,7 @@ class TrustReport:
     settings: dict
     seconds: float
     refresh: dict = None
+    adamw_mode: str = None
 
     def __str__(self):
         return f"{self.level}: {self.reason}"
@@ -230,6 +237,8 @@ def _subset_kernel(est, weights, sub):
 def compute_trust(est, recipe):
     """The :class:`TrustReport` of a fitted predictor for the training recipe ``recipe``."""
     start = time.perf_counter()
+    if recipe.is_adamw:
+        return _adamw_trust(est, recipe, start)
     n, c = est.f0_.shape
     T = recipe.n_steps
     batches = None
@@ -257,6 +266,14 @@ def compute_trust(est, recipe):
         w0 = op0.params
         # w_T − w0 = Jᵀc + α·w0 (α ≠ 0 with weight decay: _displacement)
         delta = {k: delta[k] + alpha * w0[k].to(torch.float64) for k in w0}
+    return _report_from_displacement(est, w0, delta, stab, settings, start)
+
+
+def _report_from_displacement(est, w0, delta, stab, settings, start, *, adamw_mode=None,
+                              note=""):
+    """The kernel-change probe at w0 + Δw and the level it gives (any optimiser)."""
+    c = est.n_outputs_
+    with model_untouched(est.model):
         w1 = {k: (w0[k].to(torch.float64) + delta[k]) for k in w0}
         sub = _probe_samples(est)
         rows = (sub[:, None] * c + np.arange(c)).ravel()
@@ -281,10 +298,52 @@ def compute_trust(est, recipe):
     worst_txt = f"{worst!r} {groups[worst]:.3g}" if worst is not None else None
     level, reason, direction = assess_trust(trace_ratio, lambda_ratio, stab, rel, loss=est.loss,
                                             worst_group=worst_txt)
-    return TrustReport(level=level, reason=reason, linearity_score=trace_ratio,
+    return TrustReport(level=level, reason=note + reason, linearity_score=trace_ratio,
                        trace_ratio=trace_ratio, lambda_ratio=lambda_ratio, stability_ratio=stab,
                        relative_displacement=rel, group_displacement=groups, direction=direction,
-                       settings=settings, seconds=time.perf_counter() - start)
+                       settings=settings, seconds=time.perf_counter() - start,
+                       adamw_mode=adamw_mode)
+
+
+def _adamw_trust(est, recipe, start):
+    """AdamW's report: the exact mode probes the kernel at its simulated w_T (one path);
+    the approximate mode, which has no parameter-space displacement, is "doubtful"."""
+    settings = {"optimizer": "adamw", "lr": recipe.lr, "momentum": 0.0,
+                "batch_size": recipe.batch_size, "n_steps": recipe.n_steps}
+    mode = est._adamw_resolved_mode(recipe)
+    if mode == "approximate":
+        reason = ("AdamW approximate mode (the exact Jacobian rows exceed max_memory, or "
+                  "adamw_mode='approximate'): a frozen diagonal preconditioner from the first "
+                  "batches' squared gradients with per-layer rescaling; it assumes each layer's "
+                  "v̂ shrinks uniformly over its coordinates, and it has no parameter-space "
+                  "displacement to probe the kernel with. Measured error vs real AdamW in "
+                  "docs/adamw.rst")
+        return TrustReport(level="doubtful", reason=reason, linearity_score=math.nan,
+                           trace_ratio=math.nan, lambda_ratio=math.nan, stability_ratio=math.nan,
+                           relative_displacement=math.nan, group_displacement={},
+                           direction="unknown", settings=settings,
+                           seconds=time.perf_counter() - start, adamw_mode=mode)
+    one = recipe.replace(n_paths=1)
+    batches = None if recipe.full_batch else est._batch_sequence(one)
+    kernel, problem, _ = est._adamw_operands(one)
+    out = simulate(kernel, problem, one, batches=batches)
+    names = est._trust_state["names"]
+    w0 = est._trust_state["weights"]
+    flat = out["weights"][0] - problem.w0
+    if not np.all(np.isfinite(flat)):
+        return TrustReport(level="unreliable", reason="the linearised AdamW training diverges",
+                           linearity_score=math.nan, trace_ratio=math.nan, lambda_ratio=math.nan,
+                           stability_ratio=math.nan, relative_displacement=math.inf,
+                           group_displacement={}, direction="unknown", settings=settings,
+                           seconds=time.perf_counter() - start, adamw_mode=mode)
+    delta, offset = {}, 0
+    for n in names:
+        size = w0[n].numel()
+        delta[n] = torch.as_tensor(flat[offset:offset + size].reshape(tuple(w0[n].shape)),
+                                   dtype=torch.float64, device=w0[n].device)
+        offset += size
+    return _report_from_displacement(est, w0, delta, math.nan, settings, start, adamw_mode=mode,
+                                     note="AdamW exact mode (no linear stability edge); ")
 
 
 def warning_message(report, refresh_active=False):

@@ -5,7 +5,8 @@ Everything that runs real steps — :func:`sktt.validation.run_real_training`,
 through :func:`run_steps`, so "real training" means one thing: per step,
 ``zero_grad``, the mean loss of the batch (torch's ``cross_entropy`` /
 ``mse_loss``), ``backward``, ``optimizer.step()`` with the recipe's
-``torch.optim.SGD`` (momentum, dampening, Nesterov, weight decay), then the
+``torch.optim.SGD`` (momentum, dampening, Nesterov, weight decay) or
+``torch.optim.AdamW`` (betas, ``eps=adam_eps``, decoupled weight decay), then the
 learning rate of the next step — from the user's torch scheduler when one is
 given, else from the recipe's per-step rates.
 """
@@ -35,8 +36,11 @@ def torch_targets(targets, loss, dtype, device):
 
 
 def make_optimizer(params, recipe, *, lr=None):
-    """``torch.optim.SGD`` with the recipe's settings; ``lr`` defaults to its first rate."""
+    """The recipe's torch optimiser (SGD or AdamW); ``lr`` defaults to its first rate."""
     lr = float(recipe.learning_rates[0]) if lr is None else lr
+    if recipe.is_adamw:
+        return torch.optim.AdamW(params, lr=lr, betas=recipe.betas, eps=recipe.adam_eps,
+                                 weight_decay=recipe.weight_decay)
     return torch.optim.SGD(params, lr=lr, momentum=recipe.momentum,
                            dampening=recipe.dampening, nesterov=recipe.nesterov,
                            weight_decay=recipe.weight_decay)
@@ -84,8 +88,8 @@ def run_steps(net, params, inputs, targets, recipe, batches, *, loss, lr_schedul
 
     Returns
     -------
-    optimizer : torch.optim.SGD
-        With its state (momentum buffers) after the last step.
+    optimizer : torch.optim.SGD or torch.optim.AdamW
+        With its state (momentum buffers, Adam moments) after the last step.
     seconds : list of float
         Wall time of each step (forward, backward, update; device-synchronised).
     """

@@ -51,8 +51,9 @@ def _targets_tensor(y, loss, dtype, device, n_outputs):
 
 def measure_step_time(model, X, y=None, *, batch_size, loss="cross_entropy", lr=1e-3,
                       momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
-                      n_repeats=5, n_warmup=2, train_mode=True, output=None):
-    """Median wall-clock seconds of one SGD step (forward + backward + update).
+                      n_repeats=5, n_warmup=2, train_mode=True, optimizer="sgd",
+                      betas=(0.9, 0.999), adam_eps=1e-8, output=None):
+    """Median wall-clock seconds of one optimiser step (forward + backward + update).
 
     Parameters
     ----------
@@ -85,6 +86,10 @@ def measure_step_time(model, X, y=None, *, batch_size, loss="cross_entropy", lr=
     train_mode : bool, default=True
         Time the steps in ``train()`` mode (dropout on, BatchNorm statistics
         updated), as a real fine-tuning loop runs them.
+    optimizer : {"sgd", "adamw"}, default="sgd"
+        The timed optimiser (AdamW's update keeps two moments per weight).
+    betas, adam_eps : default=(0.9, 0.999), 1e-8
+        AdamW's settings (ignored by SGD).
 
     Returns
     -------
@@ -125,7 +130,9 @@ def measure_step_time(model, X, y=None, *, batch_size, loss="cross_entropy", lr=
         n_outputs = call_model(model, index_inputs(batch, slice(0, 1))).shape[-1]
     targets = _targets_tensor(y[idx], loss, dtype, device, n_outputs)
     steps = n_warmup + n_repeats
-    recipe = TrainingRecipe.from_params(dict(lr=lr, momentum=momentum, dampening=dampening,
+    recipe = TrainingRecipe.from_params(dict(lr=lr, optimizer=optimizer, betas=betas,
+                                             adam_eps=adam_eps, momentum=momentum,
+                                             dampening=dampening,
                                              nesterov=nesterov, weight_decay=weight_decay,
                                              n_steps=steps))
     with model_untouched(model):

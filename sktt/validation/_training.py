@@ -1,7 +1,8 @@
 """Real fine-tuning, recorded the way the predictions are made.
 
 :func:`run_real_training` trains a copy of a model with ``torch.optim.SGD``
-(momentum, dampening, Nesterov, weight decay, and an LR scheduler)
+(momentum, dampening, Nesterov, weight decay) or ``torch.optim.AdamW``
+(betas, eps, decoupled weight decay), with an optional LR scheduler,
 and records the full-training-set loss and error after every step, with the
 conventions of the predictors (DESIGN.md section 2): only parameters with
 ``requires_grad=True`` are trained, the loss is torch's mean-reduced
@@ -91,6 +92,9 @@ def run_real_training(
     *,
     loss="cross_entropy",
     lr,
+    optimizer="sgd",
+    betas=(0.9, 0.999),
+    adam_eps=1e-8,
     momentum=0.0,
     dampening=0.0,
     nesterov=False,
@@ -104,7 +108,7 @@ def run_real_training(
     train_mode=False,
     output=None,
 ):
-    """Fine-tune a copy of ``model`` with SGD and record the training curves.
+    """Fine-tune a copy of ``model`` with SGD or AdamW and record the training curves.
 
     Parameters
     ----------
@@ -123,12 +127,20 @@ def run_real_training(
         ``nn.functional.cross_entropy`` or ``nn.functional.mse_loss`` with
         torch's default mean reduction.
     lr : float
-        Learning rate of ``torch.optim.SGD``.
+        Learning rate of the optimiser.
+    optimizer : {"sgd", "adamw"}, default="sgd"
+        ``torch.optim.SGD`` or ``torch.optim.AdamW``.
+    betas : (float, float), default=(0.9, 0.999)
+        AdamW's betas (ignored by SGD).
+    adam_eps : float, default=1e-8
+        AdamW's ``eps`` (ignored by SGD).
     momentum, dampening : float, default=0.0
-        ``torch.optim.SGD``'s momentum and dampening.
+        ``torch.optim.SGD``'s momentum and dampening (must stay 0 for AdamW).
     nesterov : bool, default=False
     weight_decay : float, default=0.0
-        ``torch.optim.SGD``'s coupled L2 term (``grad + weight_decay·w``).
+        SGD: the coupled L2 term (``grad + weight_decay·w``); AdamW: the
+        decoupled decay (``w ← w·(1 − lr·weight_decay)``; torch's AdamW
+        default is 0.01, pass it).
     lr_scheduler : callable, array-like or None, default=None
         A callable taking the optimizer and returning a torch LR scheduler,
         stepped once per optimiser step; or the per-step rates; None = constant.
@@ -167,7 +179,7 @@ def run_real_training(
     -----
     Step ``k`` computes ``L_B(w) = mean over i in B of l(f_w(x_i), y_i)``
     (for MSE also averaged over the ``C`` outputs), back-propagates it and
-    calls ``SGD.step()`` (the loop of :func:`sktt.training.run_steps`, shared
+    calls the optimiser's ``step()`` (the loop of :func:`sktt.training.run_steps`, shared
     with the refresh and :func:`measure_step_time`).
 
     Examples
@@ -182,7 +194,8 @@ def run_real_training(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
     check_choice("loss", loss, _LOSSES)
-    recipe_params = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+    recipe_params = dict(lr=lr, optimizer=optimizer, betas=betas, adam_eps=adam_eps,
+                         momentum=momentum, dampening=dampening, nesterov=nesterov,
                          weight_decay=weight_decay)
     TrainingRecipe.from_params(recipe_params)  # fail early, before copying the model
 
