@@ -281,7 +281,7 @@ def _check_smooth(smooth):
 
 
 #: Recipe fields reported in ``ValidationResult.params``.
-_RECIPE_REPORT = ("lr", "momentum", "dampening", "nesterov", "weight_decay", "batch_size",
+_RECIPE_REPORT = ("optimizer", "lr", "momentum", "dampening", "nesterov", "weight_decay", "batch_size",
                   "n_steps", "n_paths", "drop_last")
 
 
@@ -410,6 +410,7 @@ def compare_with_real(predictor, X, y=None, *, eps=(0.01, 0.03), metric="loss", 
     for seed in seeds:
         runs.append(run_real_training(
             predictor.model, inputs, y, loss=predictor.loss, lr=recipe.lr,
+            optimizer=recipe.optimizer, betas=recipe.betas, adam_eps=recipe.adam_eps,
             momentum=recipe.momentum, dampening=recipe.dampening, nesterov=recipe.nesterov,
             weight_decay=recipe.weight_decay,
             lr_scheduler=scheduler if callable(scheduler) else recipe.lr_schedule,
