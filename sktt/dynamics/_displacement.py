@@ -40,6 +40,8 @@ amplitude; real networks already oscillate, and leave the linear regime,
 somewhat below it.
 """
 
+import dataclasses
+
 import numpy as np
 from scipy.sparse.linalg import LinearOperator, eigsh
 from scipy.special import softmax
@@ -47,10 +49,112 @@ from scipy.special import softmax
 from ..utils._threads import single_threaded_blas
 from ._losses import loss_gradient, mse_curvature
 
-__all__ = ["batch_curvature", "linear_displacement", "stability_ratio"]
+__all__ = ["Displacement", "batch_curvature", "linear_displacement", "stability_ratio",
+           "stage_displacement"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Displacement:
+    r"""Where one stage of the linearised recipe moves the weights and the momentum buffer.
+
+    In the basis :math:`(J^\top, w_s, \mathrm{buf}_s)` of the stage's start
+    (Jacobian rows at the linearisation point, its weights, the momentum buffer
+    it inherited): :math:`w - w_s = J^\top c + \alpha w_s + \gamma\,\mathrm{buf}_s`
+    and :math:`\mathrm{buf} = J^\top \beta + b\,w_s + g\,\mathrm{buf}_s`.
+
+    Attributes
+    ----------
+    coef : ndarray of shape (N, C)
+        :math:`c` (sample-major).
+    alpha, gamma : float
+    buffer_coef : ndarray of shape (N, C) or None
+        :math:`\beta` (None without momentum).
+    buffer_alpha, buffer_gamma : float
+        :math:`b, g`.
+    recorded : dict of int to (ndarray (N, C), ndarray (N, C))
+        :math:`(F_t, c_t)` at the requested steps.
+    """
+
+    coef: np.ndarray
+    alpha: float
+    gamma: float
+    buffer_coef: np.ndarray
+    buffer_alpha: float
+    buffer_gamma: float
+    recorded: dict
 
 
 @single_threaded_blas
+def stage_displacement(kernel, problem, recipe, *, batches=None, momentum_buffer=None,
+                       record_steps=()):
+    r"""Run the recipe on the linearised model and return its :class:`Displacement`.
+
+    The same dynamics as :func:`~sktt.dynamics.simulate_discrete` (one path),
+    tracked in coefficients: every update is a combination of the Jacobian
+    rows, the stage's starting weights (weight decay) and the inherited buffer
+    (a resumed run), so the state is :math:`N C + 2` numbers.
+
+    Parameters
+    ----------
+    kernel : DenseKernel
+    problem : LinearizedProblem
+        Outputs at the stage's start; ``jw0`` = :math:`J w_s` with weight decay.
+    recipe : TrainingRecipe
+    batches : list of ndarray of shape (1, b) or (b,), optional
+        One path of batch indices per step; None = full batch.
+    momentum_buffer : ndarray of shape (N·C,), optional
+        :math:`A_s = J\,\mathrm{buf}_s`, the inherited buffer in function space;
+        None = a fresh optimiser.
+    record_steps : iterable of int
+        Steps whose outputs :math:`F_t` and coefficients :math:`c_t` to return as well.
+
+    Returns
+    -------
+    Displacement
+    """
+    F0 = problem.f0
+    n, c = F0.shape
+    ntk = kernel.ntk
+    wd = recipe.weight_decay
+    jw0 = problem.jw0.reshape(n, c) if wd else np.zeros((n, c))
+    resumed = momentum_buffer is not None and recipe.momentum > 0
+    A0 = np.asarray(momentum_buffer, dtype=np.float64).reshape(n, c) if resumed else None
+    lrs = recipe.learning_rates
+    state = np.zeros(n * c + 2)  # (c, α, γ)
+    buffer = None
+    if resumed:  # the inherited buffer is the basis vector buf_s
+        buffer = np.zeros(n * c + 2)
+        buffer[-1] = 1.0
+    F = F0.astype(np.float64).copy()
+    wanted = set(int(s) for s in record_steps)
+    recorded = {0: (F.copy(), state[:-2].reshape(n, c).copy())} if 0 in wanted else {}
+    with np.errstate(over="ignore", invalid="ignore"):
+        for t in range(recipe.n_steps):
+            g = np.zeros((n, c))
+            if batches is None:
+                g[:] = loss_gradient(F, problem.targets, problem.loss)
+            else:
+                idx = np.asarray(batches[t]).reshape(-1)
+                g[idx] = loss_gradient(F[idx], problem.targets[idx], problem.loss)
+            update = np.concatenate([g.ravel(), [0.0, 0.0]])
+            if wd:  # λw = λ(Jᵀc + (1 + α) w_s + γ buf_s)
+                update += wd * state
+                update[-2] += wd
+            step, buffer = recipe.direction(update, buffer)
+            state -= lrs[t] * step
+            F = F0 + (ntk @ state[:-2]).reshape(n, c) + state[-2] * jw0
+            if resumed:
+                F += state[-1] * A0
+            if t + 1 in wanted:
+                recorded[t + 1] = (F.copy(), state[:-2].reshape(n, c).copy())
+            if not np.all(np.isfinite(F)):
+                break
+    buf = (None, 0.0, 0.0) if buffer is None else (
+        buffer[:-2].reshape(n, c), float(buffer[-2]), float(buffer[-1]))
+    return Displacement(state[:-2].reshape(n, c), float(state[-2]), float(state[-1]),
+                        *buf, recorded)
+
+
 def linear_displacement(kernel, problem, recipe, *, batches=None, record_steps=()):
     r"""Coefficients :math:`(c_T, \alpha_T)` of the weight displacement :math:`J^\top c_T + \alpha_T w_0`.
 
@@ -73,37 +177,8 @@ def linear_displacement(kernel, problem, recipe, *, batches=None, record_steps=(
     recorded : dict of int to (ndarray (N, C), ndarray (N, C))
         :math:`(F_t, c_t)` at the requested steps (and ``{}`` if none).
     """
-    F0 = problem.f0
-    n, c = F0.shape
-    ntk = kernel.ntk
-    wd = recipe.weight_decay
-    jw0 = problem.jw0.ravel() if wd else np.zeros(n * c)
-    lrs = recipe.learning_rates
-    state = np.zeros(n * c + 1)  # (c, α)
-    buffer = None
-    F = F0.astype(np.float64).copy()
-    wanted = set(int(s) for s in record_steps)
-    recorded = {0: (F.copy(), state[:-1].reshape(n, c).copy())} if 0 in wanted else {}
-    with np.errstate(over="ignore", invalid="ignore"):
-        for t in range(recipe.n_steps):
-            g = np.zeros((n, c))
-            if batches is None:
-                g[:] = loss_gradient(F, problem.targets, problem.loss)
-            else:
-                idx = np.asarray(batches[t]).reshape(-1)
-                g[idx] = loss_gradient(F[idx], problem.targets[idx], problem.loss)
-            update = np.concatenate([g.ravel(), [0.0]])
-            if wd:  # λw = λ(Jᵀc + (1 + α) w0)
-                update[:-1] += wd * state[:-1]
-                update[-1] += wd * (1.0 + state[-1])
-            step, buffer = recipe.direction(update, buffer)
-            state -= lrs[t] * step
-            F = F0 + (ntk @ state[:-1]).reshape(n, c) + state[-1] * jw0.reshape(n, c)
-            if t + 1 in wanted:
-                recorded[t + 1] = (F.copy(), state[:-1].reshape(n, c).copy())
-            if not np.all(np.isfinite(F)):
-                break
-    return state[:-1].reshape(n, c), float(state[-1]), recorded
+    d = stage_displacement(kernel, problem, recipe, batches=batches, record_steps=record_steps)
+    return d.coef, d.alpha, d.recorded
 
 
 def _top_eig(matvec, dim):

@@ -35,6 +35,7 @@ from ..utils._torch import (model_device_dtype, model_untouched, require_trainab
 from ._extraction_params import check_extraction_params
 from ._adamw import AdamWMixin
 from ._refresh import refreshed_curves
+from ._relinearize import staged_curves
 from ._setting import resolve_setting
 from ._spectrum import GramSpectrum
 from ._sgd import (check_quantiles, check_user_batches, curve_band, fit_sde_noise, noise_factor,
@@ -185,6 +186,16 @@ class TrainingTimePredictor(AdamWMixin, TrustMixin, BaseEstimator):
     refresh_seconds : float or None, default=None
         Time budget for the real steps of the refresh (alone, or capping
         ``refresh_steps``); the number of steps then depends on the machine.
+    relinearize : int, "auto" or None, default=None
+        Open-loop stages: re-linearise the model at k points of the
+        prediction, at the weights the linearised model predicts there (real
+        outputs and kernel, no training step), and continue the simulation;
+        cut points are geometric in the step (most early, where the kernel
+        moves most). ``n_steps - 1`` re-linearises before every step (real
+        full-batch GD). ``"auto"``: stages only when the trust diagnostic's
+        kernel-change probe is not "ok". Costs about one ``fit`` per point and
+        setting, at predict time; exclusive with ``refresh_*``. Read at
+        predict time, overridable per call. See docs/trust.rst.
 
     Attributes
     ----------
@@ -264,7 +275,7 @@ class TrainingTimePredictor(AdamWMixin, TrustMixin, BaseEstimator):
                  projection_dim=2048, chunk_size=None, max_memory=None, n_jobs=None,
                  random_state=None, verbose=0, trust_check=True, refresh_steps=None,
                  refresh_seconds=None, jacobian_method="auto", n_paths=16, drop_last=False,
-                 sde_noise="diagonal", output=None):
+                 sde_noise="diagonal", output=None, relinearize=None):
         self.model = model
         self.loss = loss
         self.optimizer = optimizer
@@ -295,6 +306,7 @@ class TrainingTimePredictor(AdamWMixin, TrustMixin, BaseEstimator):
         self.drop_last = drop_last
         self.sde_noise = sde_noise
         self.output = output
+        self.relinearize = relinearize
 
     # ------------------------------------------------------------------ validation
     def _check_fit_params(self):
@@ -566,9 +578,9 @@ class TrainingTimePredictor(AdamWMixin, TrustMixin, BaseEstimator):
         """
         recipe = setting.recipe
         if batches is not None:
-            if setting.refresh_active:
+            if setting.refresh_active or setting.relinearize_active:
                 raise ValueError("batches= cannot be combined with refresh_steps / "
-                                 "refresh_seconds.")
+                                 "refresh_seconds / relinearize.")
             if recipe.resolved_solver != "discrete":
                 raise ValueError(f"batches= describes the minibatches of the exact simulation; "
                                  f"it needs solver='discrete' (or 'auto'), not "
@@ -581,6 +593,8 @@ class TrainingTimePredictor(AdamWMixin, TrustMixin, BaseEstimator):
             return self._cache[setting.key]
         if setting.refresh_active:  # closed loop: real steps, then re-linearise (._refresh)
             out = refreshed_curves(self, setting)
+        elif setting.relinearize_active:  # open loop: stages at predicted weights (._relinearize)
+            out = staged_curves(self, setting)
         else:
             out = self._simulate(recipe)
         out["divergence"] = self._divergence(setting, out)

@@ -45,13 +45,12 @@ import numpy as np
 import torch
 
 from ..dynamics import loss_value, simulate, train_error
-from ..gradients import model_outputs, ntk_from_model
-from ..gradients._probes import JacobianOperator
+from ..gradients import model_outputs
 from ..gram import DenseKernel
 from ..training import run_steps, torch_targets
-from ..utils import parse_memory
 from ..utils._torch import model_untouched
 from ._adamw import exact_rows, flat_weights
+from ._linearization import linearize_at
 
 __all__ = ["real_steps", "refreshed_curves"]
 
@@ -175,21 +174,14 @@ def refreshed_curves(est, setting):
         info["seconds_relinearise"] = time.perf_counter() - t1
         return _joined(sim, real_loss, real_error, k, rest, info, t0)
     with model_untouched(net) as net_eval:
-        ntk_k, _ = ntk_from_model(
-            net_eval, state["inputs"], state["names"], n_outputs=est.n_outputs_,
-            projection=est.projection, projection_dim=est.projection_dim, seed=est.seed_,
-            chunk_size=est.chunk_size, n_jobs=est.n_jobs,
-            max_memory=parse_memory("max_memory", est.max_memory), verbose=est.verbose,
-            jacobian_method=getattr(est, "jacobian_method", "auto"))
+        lin = linearize_at(est, net_eval)
         named = dict(net_eval.named_parameters(remove_duplicate=False))
-        operator = JacobianOperator(net_eval, state["names"], state["inputs"],
-                                    chunk_size=est.chunk_size or 256)
         A_k = jw_k = None
         if recipe.momentum > 0:
-            buf = {n: opt.state[named[n]]["momentum_buffer"] for n in state["names"]}
-            A_k = operator.jvp(buf).ravel()
+            A_k = lin.apply({n: opt.state[named[n]]["momentum_buffer"] for n in state["names"]})
         if recipe.weight_decay > 0:
-            jw_k = operator.jvp({n: named[n].detach() for n in state["names"]})
+            jw_k = lin.apply({n: named[n].detach() for n in state["names"]}).reshape(F_k.shape)
+    ntk_k = lin.ntk
     info["seconds_relinearise"] = time.perf_counter() - t1
     info["kernel_trace_ratio"] = float(np.trace(ntk_k) / np.trace(est.ntk_))
     # every path continues from the measured state with its own batch order; the

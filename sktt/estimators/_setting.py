@@ -1,4 +1,4 @@
-"""One prediction setting: the training recipe, plus how it is predicted (closed-loop refresh).
+"""One prediction setting: the training recipe, plus how it is predicted (refresh, stages).
 
 :class:`Setting` is what a predictor's dynamics parameters resolve to for one
 call (the estimator's own, updated by the call's overrides); it is hashable, so
@@ -13,9 +13,9 @@ from ..utils import check_int, check_positive_finite
 __all__ = ["DYNAMICS_PARAMS", "Setting", "resolve_setting"]
 
 #: Parameters read at predict time (overridable per call): the recipe's, the LR
-#: scheduler, and the closed-loop refresh.
+#: scheduler, the closed-loop refresh and the open-loop re-linearisation stages.
 DYNAMICS_PARAMS = tuple(RECIPE_PARAMETERS) + (
-    "lr_scheduler", "refresh_steps", "refresh_seconds")
+    "lr_scheduler", "refresh_steps", "refresh_seconds", "relinearize")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,21 +31,29 @@ class Setting:
         Time budget of those steps.
     lr_scheduler : callable or None
         The user's scheduler factory, for real steps (its rates are in ``recipe``).
+    relinearize : int or "auto"
+        Re-linearisation points at the predicted weights (0 = off;
+        :mod:`sktt.estimators._relinearize`).
     """
 
     recipe: TrainingRecipe
     refresh_steps: int = 0
     refresh_seconds: float = None
     lr_scheduler: object = dataclasses.field(default=None, compare=False)
+    relinearize: object = 0
 
     @property
     def refresh_active(self):
         return self.refresh_steps > 0
 
     @property
+    def relinearize_active(self):
+        return self.relinearize != 0
+
+    @property
     def key(self):
-        """Cache key of the curves (the recipe and the refresh)."""
-        return (self.recipe, self.refresh_steps, self.refresh_seconds)
+        """Cache key of the curves (the recipe, the refresh and the stages)."""
+        return (self.recipe, self.refresh_steps, self.refresh_seconds, self.relinearize)
 
 
 def resolve_setting(est, overrides, n_samples=None):
@@ -59,6 +67,7 @@ def resolve_setting(est, overrides, n_samples=None):
     values = {name: overrides.get(name, getattr(est, name)) for name in DYNAMICS_PARAMS}
     scheduler = values.pop("lr_scheduler")
     k, seconds = values.pop("refresh_steps"), values.pop("refresh_seconds")
+    stages = check_relinearize(values.pop("relinearize"))
     n = n_samples if n_samples is not None else getattr(est, "n_samples_", None)
     recipe = TrainingRecipe.from_params(values, n_samples=n)
     rates = scheduled_learning_rates(recipe.lr, scheduler, recipe.n_steps)
@@ -73,4 +82,25 @@ def resolve_setting(est, overrides, n_samples=None):
         seconds = check_positive_finite("refresh_seconds", seconds)
         if k is None:
             k = recipe.n_steps
-    return Setting(recipe, k or 0, seconds, scheduler if callable(scheduler) else None)
+    if stages != "auto" and stages > recipe.n_steps:
+        raise ValueError(f"relinearize={stages} exceeds n_steps={recipe.n_steps} (one "
+                         "re-linearisation after every step); accepted: None, an int in "
+                         "[0, n_steps] or 'auto'.")
+    if stages and (k or seconds is not None):
+        raise ValueError(f"relinearize={stages!r} re-linearises at the *predicted* weights, "
+                         f"refresh_steps / refresh_seconds at weights reached by real steps; "
+                         "use one of them (relinearize=None, or refresh_steps=None and "
+                         "refresh_seconds=None).")
+    return Setting(recipe, k or 0, seconds, scheduler if callable(scheduler) else None, stages)
+
+
+def check_relinearize(value):
+    """``relinearize`` as 0 (off), a positive int, or ``"auto"``."""
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"relinearize={value!r}; accepted: None, an int >= 0 (the number "
+                             "of re-linearisation points) or 'auto'.")
+        return value
+    return check_int("relinearize", value, low=0)

@@ -67,6 +67,7 @@ from ..gradients import index_inputs, ntk_from_model
 from ..gradients._probes import JacobianOperator
 from ..utils import derive_seed, parse_memory
 from ..utils._torch import model_untouched
+from ._relinearize import AUTO_STAGES
 
 __all__ = ["TrustReport", "TrustMixin", "assess_trust"]
 
@@ -119,6 +120,13 @@ class TrustReport:
         (:mod:`sktt.estimators._adamw`). The exact mode's displacement is the
         simulated ``w_T − w0``; the approximate mode has no parameter-space
         displacement, so its report is "doubtful" and says so.
+    relinearize : dict or None
+        For a staged prediction (``relinearize``): ``stages``, ``cut_points``,
+        ``kernel_trace_ratios`` (trace Θ at each cut point over trace Θ0),
+        ``curve_change`` (the largest change of the mean loss curve against
+        the plain prediction, in units of L_0: a large change means the fixed
+        kernel was unreliable), ``auto_kernel_level`` and ``seconds`` (see
+        :mod:`sktt.estimators._relinearize`).
     """
 
     level: str
@@ -134,6 +142,7 @@ class TrustReport:
     seconds: float
     refresh: dict = None
     adamw_mode: str = None
+    relinearize: dict = None
 
     def __str__(self):
         return f"{self.level}: {self.reason}"
@@ -363,8 +372,10 @@ def warning_message(report, refresh_active=False):
         head += (" Predicted training times are not reliable here, in either direction (the "
                  "real loss oscillates; the linearised one may oscillate differently).")
     if not refresh_active:
-        head += (f" Pass refresh_steps={SUGGESTED_REFRESH} (or refresh_seconds=...) to run a few "
-                 "real steps on a copy of the model and re-linearise there (about one more fit).")
+        head += (f" Pass relinearize={AUTO_STAGES} to re-linearise at the predicted weights "
+                 f"(no training; about one more fit per point), or refresh_steps="
+                 f"{SUGGESTED_REFRESH} (or refresh_seconds=...) to run a few real steps on a copy "
+                 "of the model and re-linearise there (about one more fit).")
     return head
 
 
@@ -417,8 +428,8 @@ class TrustMixin:
         """Emit one LinearizationWarning per setting whose plain prediction is not ok."""
         if not getattr(self, "trust_check", True) or not self._has_trust_state():
             return
-        if setting.refresh_active:
-            return  # the closed-loop prediction reports its own measured kernel change
+        if setting.refresh_active or setting.relinearize_active:
+            return  # refresh and stages report their own kernel change
         key = self._trust_key(setting)
         if key in self._trust_warned:
             return
@@ -458,7 +469,8 @@ class TrustMixin:
         -------
         report : TrustReport
             With ``refresh`` filled in when a closed-loop refresh applies to
-            these settings (its real steps are run if not done yet).
+            these settings (its real steps are run if not done yet), and
+            ``relinearize`` when open-loop stages do.
         """
         check_is_fitted(self, "ntk_")
         if not self._has_trust_state():
@@ -467,9 +479,10 @@ class TrustMixin:
                              "with the torch model instead.")
         setting = self._setting(overrides)
         report = self._trust_for(setting)
-        if setting.refresh_active:
-            out = self._curves(setting)
-            info = out.get("refresh") if isinstance(out, dict) else None
-            if info is not None:
-                report = replace(report, refresh=dict(info))
+        for active, key in ((setting.refresh_active, "refresh"),
+                            (setting.relinearize_active, "relinearize")):
+            if active:
+                info = self._curves(setting).get(key)
+                if info is not None:
+                    report = replace(report, **{key: dict(info)})
         return report

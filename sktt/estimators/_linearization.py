@@ -1,0 +1,99 @@
+r"""Re-linearise a fitted predictor's model at other weights.
+
+Both open-loop stages (:mod:`sktt.estimators._relinearize`: weights the
+linearised model predicts) and the closed-loop refresh
+(:mod:`sktt.estimators._refresh`: weights reached by real steps) continue a
+prediction from a point :math:`w` other than :math:`w_0`. What the simulation
+needs there is computed exactly as ``fit`` computed it at :math:`w_0`:
+
+* the outputs :math:`F = f_w(X)` (eval mode),
+* the kernel :math:`\Theta(w) = J(w) J(w)^\top` with the same projection and
+  seed (so a model linear in its parameters gets the same Θ to round-off),
+* Jacobian-vector products :math:`J(w)\,u` for parameter-space vectors:
+  the momentum buffer (:math:`A = J\,\mathrm{buf}`, the function-space buffer
+  the discrete solver resumes with) and, with weight decay, the weights
+  themselves (the anchor :math:`\Phi = J w`), one double-backward pass each.
+"""
+
+import copy
+
+import numpy as np
+import torch
+
+from ..gradients import model_outputs, ntk_from_model
+from ..gradients._probes import JacobianOperator
+from ..utils import parse_memory
+
+__all__ = ["Linearization", "linearize_at", "model_at", "set_weights"]
+
+
+class Linearization:
+    """The linearised model at one point: outputs, kernel, and the Jacobian operator there.
+
+    Attributes
+    ----------
+    outputs : ndarray of shape (N, C)
+    ntk : ndarray of shape (N·C, N·C)
+    operator : JacobianOperator
+        :math:`J(w)` (``vjp``, ``jvp``, ``at``).
+    """
+
+    def __init__(self, outputs, ntk, operator):
+        self.outputs = outputs
+        self.ntk = ntk
+        self.operator = operator
+
+    def apply(self, tangent):
+        """:math:`J(w)\\,u` for a parameter-shaped dict ``u``, flattened (N·C,), float64."""
+        return self.operator.jvp(tangent).ravel()
+
+    @property
+    def trace(self):
+        return float(np.trace(self.ntk))
+
+
+def model_at(est):
+    """A deep copy of ``est``'s model carrying the fit snapshot's buffers, in eval mode."""
+    state = est._trust_state
+    model = copy.deepcopy(est.model)
+    named_buffers = dict(model.named_buffers(remove_duplicate=False))
+    with torch.no_grad():
+        for n, b in state["buffers"].items():
+            named_buffers[n].copy_(b)
+    set_weights(model, state["weights"])
+    return model.eval()
+
+
+def set_weights(model, weights):
+    """Copy ``{name: tensor}`` into ``model``'s parameters (cast to their dtype), in place."""
+    named = dict(model.named_parameters(remove_duplicate=False))
+    with torch.no_grad():
+        for n, w in weights.items():
+            named[n].copy_(w)
+
+
+def linearize_at(est, model):
+    """Outputs, kernel and Jacobian operator of ``model`` (at its current weights).
+
+    Parameters
+    ----------
+    est : TrainingTimePredictor
+        Fitted; its projection, seed, chunking and memory budget are reused.
+    model : torch.nn.Module
+        In eval mode at the weights to linearise at; not modified.
+
+    Returns
+    -------
+    Linearization
+    """
+    state = est._trust_state
+    outputs = model_outputs(model, state["inputs"])
+    ntk, _ = ntk_from_model(
+        model, state["inputs"], state["names"], n_outputs=est.n_outputs_,
+        projection=est.projection, projection_dim=est.projection_dim, seed=est.seed_,
+        chunk_size=est.chunk_size, n_jobs=est.n_jobs,
+        max_memory=parse_memory("max_memory", est.max_memory), verbose=est.verbose,
+        jacobian_method=getattr(est, "jacobian_method", "auto"))
+    operator = JacobianOperator(model, state["names"], state["inputs"],
+                                chunk_size=est.chunk_size or 256)
+    return Linearization(outputs, ntk, operator)
