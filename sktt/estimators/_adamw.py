@@ -42,6 +42,8 @@ import torch
 from ..dynamics._adamw_kernel import PreconditionedKernels, adamw_kernels
 from ..exceptions import MemoryBudgetError
 from ..gradients import index_inputs, jacobian_rows
+from ..gradients._inputs import inputs_to
+from ..gradients._outputs import call_model
 from ..training import run_steps, torch_loss, torch_targets
 from ..utils import format_bytes, parse_memory
 
@@ -159,9 +161,7 @@ class AdamWMixin:
         for idx in batches:
             idx_t = torch.as_tensor(idx, dtype=torch.int64)
             x = index_inputs(state["inputs"], idx_t)
-            x = tuple(t.to(params[0].device) for t in x) if isinstance(x, tuple) \
-                else x.to(params[0].device)
-            out = net(*x) if isinstance(x, tuple) else net(x)
+            out = call_model(net, inputs_to(x, params[0].device))
             grads = torch.autograd.grad(loss_fn(out, y[idx_t.to(y.device)]), params)
             g = np.concatenate([gr.detach().cpu().double().reshape(-1).numpy() for gr in grads])
             v0 += g * g

@@ -77,7 +77,7 @@ def model_untouched(model):
 def model_assumptions(model):
     """What sktt assumes about ``model`` that the user may not expect, one sentence each.
 
-    * Train mode: sktt linearises the *eval-mode* function (dropout off, BatchNorm
+    * Train mode, when a Dropout / BatchNorm-like layer is in it: sktt linearises the *eval-mode* function (dropout off, BatchNorm
       running statistics frozen) and restores the user's mode afterwards; real
       fine-tuning in train mode follows a different function.
     * A floating dtype other than float32 / float64 (bfloat16, float16): the model's
@@ -104,13 +104,12 @@ def model_assumptions(model):
     ['the model is in train mode', 'the model has bfloat16 parameters or buffers']
     """
     notes = []
-    training = [name or type(m).__name__ for name, m in model.named_modules() if m.training]
-    if training:
-        layers = sorted({type(m).__name__ for m in model.modules()
-                         if m.training and isinstance(m, _MODE_DEPENDENT)})
-        which = (f"its {', '.join(layers)} layer(s) behave differently in train mode" if layers
-                 else "no Dropout/BatchNorm layer was found, so only custom layers that read "
-                      "self.training can differ")
+    # torch modules start in train mode, so only a layer whose function depends on the
+    # mode makes the notice worth reading (custom layers reading self.training are rare)
+    layers = sorted({type(m).__name__ for m in model.modules()
+                     if m.training and isinstance(m, _MODE_DEPENDENT)})
+    if layers:
+        which = f"its {', '.join(layers)} layer(s) behave differently in train mode"
         notes.append(
             "the model is in train mode: sktt linearises its eval-mode function (dropout off, "
             f"BatchNorm running statistics frozen) and restores your mode afterwards; {which}. "
