@@ -139,3 +139,34 @@ def test_cross_kernel_respects_max_memory(data):
     ttp.fit(X, y)
     with pytest.raises(MemoryBudgetError, match=r"cross-kernel Θ\(train, eval\).*max_memory"):
         ttp.fit(X, y, eval_set=(X_val, y_val))
+
+
+def test_compare_with_real_scores_the_eval_curves(data):
+    from sktt.validation import compare_with_real
+
+    ttp, real = _fit_and_train(data, "cross_entropy", dict(SETTINGS["cross_entropy", "sgd"]))
+    X, y, _, _ = data
+    res = compare_with_real(ttp, X, y, eps=0.05)
+    assert_allclose(res.predicted_curves["eval_loss"], real.eval_loss, rtol=1e-10)
+    assert_allclose(res.real_runs[0].eval_loss, real.eval_loss, rtol=1e-12)
+    assert res.predicted_best_step == res.real_best_steps[0] == int(np.argmin(real.eval_loss))
+    assert res.summary()["predicted_best_step"] == res.predicted_best_step
+    assert res.evaluate(metric="error").real_best_steps[0] == int(np.argmin(real.eval_error))
+
+
+def test_compare_table_has_eval_columns(data):
+    from sktt import compare
+
+    X, y, X_val, y_val = data
+    result = compare(RandomFeatureHead(n_features=60),
+                     {"quad": (X, y, X_val, y_val), "dict": {"X": X, "y": y,
+                                                            "eval_set": (X_val, y_val)},
+                      "none": (X, y)},
+                     {"lr": [0.03]}, n_steps=T, random_state=0, trust_check=False)
+    rows = {r["dataset"]: r for r in result._rows}
+    ttp, _ = _fit_and_train(data, "cross_entropy", dict(SETTINGS["cross_entropy", "gd"]))
+    best = ttp.predict_best_step()
+    for name in ("quad", "dict"):
+        assert rows[name]["best_step"] == best.step
+        assert_allclose(rows[name]["best_eval_loss"], best.value, rtol=1e-10)
+    assert np.isnan(rows["none"]["best_step"])
