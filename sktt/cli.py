@@ -118,6 +118,9 @@ def _add_file_args(p):
     p.add_argument("--loss", choices=("cross_entropy", "mse"), default="cross_entropy",
                    help="training loss, torch's mean reduction (default: cross_entropy)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--eval-data", metavar="NPZ", default=None,
+                   help="held-out .npz (same --x-key / --y-key): adds the predicted "
+                        "early-stopping step and the held-out metric there to the table")
 
 
 def build_parser():
@@ -185,7 +188,7 @@ def _settings(args):
             itertools.product(args.lr, args.momentum, args.batch_size)]
 
 
-def _fit(model, X, y, args, loss):
+def _fit(model, X, y, args, loss, eval_set=None):
     from . import TrainingTimePredictor
 
     params = dict(loss=loss, lr=args.lr[0], momentum=args.momentum[0], n_steps=args.n_steps,
@@ -197,7 +200,7 @@ def _fit(model, X, y, args, loss):
         params["trust_check"] = not args.no_trust
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # trust is reported per setting in the table
-        return TrainingTimePredictor(model, **params).fit(X, y)
+        return TrainingTimePredictor(model, **params).fit(X, y, eval_set=eval_set)
 
 
 def _trust(ttp, setting):
@@ -241,6 +244,11 @@ def _predict_rows(ttp, X, y, args, settings, seconds):
         row["predicted_seconds"] = [
             None if (t is None or row["seconds_per_step"] is None) else t * row["seconds_per_step"]
             for t in row["predicted_steps"]]
+        if getattr(ttp, "eval_f0_", None) is not None and args.solver != "sde":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                best = ttp.predict_best_step(args.metric, **s)
+            row["best_step"], row["best_eval"] = best.step, best.value
         rows.append(row)
     return rows
 
@@ -259,6 +267,8 @@ def _validate_rows(ttp, X, y, args, rows, seeds=None):
         row["delta_over_T"] = [_finite(v) for v in _nanmedian(res.delta_over_T)]
         row["real_seconds_per_step"] = res.real_seconds_per_step
         row["real_loss_final"] = float(res.real_runs[0].loss[-1])
+        if res.real_best_steps is not None:
+            row["real_best_step"] = float(_median(res.real_best_steps))
     return rows
 
 
@@ -302,6 +312,9 @@ def _table(rows, eps, metric, real):
             header += ["real", "err"]
     if not real:
         header += [f"time(ε={e:g})" for e in eps]
+    held_out = any("best_step" in r for r in rows)
+    if held_out:
+        header += ["best step", f"eval {metric}"] + (["real best"] if real else [])
     trust = any(r.get("trust") for r in rows)
     if trust:
         header.append("trust")
@@ -315,6 +328,10 @@ def _table(rows, eps, metric, real):
                 line += [_fmt(r["real_steps"][k], "int"), _fmt(r["relative_error"][k], "pct")]
         if not real:
             line += [_fmt(v, "sec") for v in r["predicted_seconds"]]
+        if held_out:
+            line += [_fmt(r.get("best_step"), "int"), _fmt(r.get("best_eval"), "g")]
+            if real:
+                line.append(_fmt(r.get("real_best_step"), "int"))
         if trust:
             line.append(r["trust"]["level"] if r.get("trust") else "-")
         lines.append(line)
@@ -393,28 +410,37 @@ def _cmd_demo(args):
 
 
 def _load_user(args):
-    import torch
-
-    from .utils._files import load_data_file, load_model_file
+    from .utils._files import load_model_file
 
     model = load_model_file(args.model, model_class=args.model_class,
                             model_kwargs=args.model_kwargs, device=args.device)
-    X, y = load_data_file(args.data, x_key=args.x_key, y_key=args.y_key)
+    X, y = _load_xy(args.data, args)
+    eval_set = None if args.eval_data is None else _load_xy(args.eval_data, args, "--eval-data ")
+    name = os.path.basename(args.model)
+    return model, X, y, name, eval_set
+
+
+def _load_xy(path, args, what=""):
+    """Inputs and targets of one .npz file, as tensors on ``--device``."""
+    import torch
+
+    from .utils._files import load_data_file
+
+    X, y = load_data_file(path, x_key=args.x_key, y_key=args.y_key)
     X = torch.as_tensor(X)
     if args.loss == "cross_entropy":
         if not (y.ndim == 1 and (y.dtype.kind in "iub" or (y == y.round()).all())):
-            raise _UsageError(f"--loss cross_entropy needs integer class labels y of shape (N,); "
-                              f"got dtype {y.dtype}, shape {y.shape}.")
+            raise _UsageError(f"{what}--loss cross_entropy needs integer class labels y of shape "
+                              f"(N,); got dtype {y.dtype}, shape {y.shape}.")
         y = torch.as_tensor(y.astype("int64"))
     else:
         y = torch.as_tensor(y, dtype=torch.float64)
-    name = os.path.basename(args.model)
-    return model, X.to(args.device), y.to(args.device), name
+    return X.to(args.device), y.to(args.device)
 
 
 def _cmd_predict(args):
-    model, X, y, name = _load_user(args)
-    ttp = _fit(model, X, y, args, args.loss)
+    model, X, y, name, eval_set = _load_user(args)
+    ttp = _fit(model, X, y, args, args.loss, eval_set)
     settings = _settings(args)
     _check_settings(ttp, settings)
     rows = _predict_rows(ttp, X, y, args, settings, seconds=not args.no_seconds)
@@ -423,8 +449,8 @@ def _cmd_predict(args):
 
 
 def _cmd_validate(args):
-    model, X, y, name = _load_user(args)
-    ttp = _fit(model, X, y, args, args.loss)
+    model, X, y, name, eval_set = _load_user(args)
+    ttp = _fit(model, X, y, args, args.loss, eval_set)
     settings = _settings(args)
     _check_settings(ttp, settings)
     rows = _predict_rows(ttp, X, y, args, settings, seconds=False)

@@ -170,3 +170,21 @@ def test_compare_table_has_eval_columns(data):
         assert rows[name]["best_step"] == best.step
         assert_allclose(rows[name]["best_eval_loss"], best.value, rtol=1e-10)
     assert np.isnan(rows["none"]["best_step"])
+
+
+def test_cli_eval_data(tmp_path, capsys):
+    from sktt.cli import main
+    from sktt.datasets import load_demo
+
+    demo = load_demo(90)
+    np.savez(tmp_path / "train.npz", X=demo.X[:60].numpy(), y=demo.y[:60].numpy())
+    np.savez(tmp_path / "val.npz", X=demo.X[60:].numpy(), y=demo.y[60:].numpy())
+    torch.jit.save(torch.jit.script(demo.model), str(tmp_path / "model.pt"))
+    args = [str(tmp_path / "model.pt"), str(tmp_path / "train.npz"), "--eval-data",
+            str(tmp_path / "val.npz"), "--n-steps", "20", "--lr", "0.05", "--threads", "1",
+            "--no-trust"]
+    assert main(["predict", *args, "--no-seconds"]) == 0
+    out = capsys.readouterr().out
+    assert "best step" in out and "eval loss" in out
+    assert main(["validate", *args]) == 0
+    assert "real best" in capsys.readouterr().out
