@@ -188,3 +188,21 @@ def test_cli_eval_data(tmp_path, capsys):
     assert "best step" in out and "eval loss" in out
     assert main(["validate", *args]) == 0
     assert "real best" in capsys.readouterr().out
+
+
+def test_held_out_display_marks_the_best_step(data):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from sktt.plotting import HeldOutCurveDisplay
+
+    ttp, real = _fit_and_train(data, "cross_entropy", dict(SETTINGS["cross_entropy", "sgd"]))
+    disp = HeldOutCurveDisplay.from_estimator(ttp, real=real)
+    assert disp.best_step_ == ttp.predict_best_step().step
+    assert disp.real_best_step_ == int(np.argmin(real.eval_loss))
+    assert {"train", "eval", "real train", "real eval"} <= set(disp.lines_)
+    with pytest.raises(ValueError, match="no held-out curves"):
+        plain = TrainingTimePredictor(RandomFeatureHead(), n_steps=5, trust_check=False)
+        from sktt.validation import compare_with_real
+        X, y, _, _ = data
+        HeldOutCurveDisplay.from_validation(compare_with_real(plain.fit(X, y), X, y))
