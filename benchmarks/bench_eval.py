@@ -9,7 +9,8 @@ own batch order) records the held-out loss and error after every step. Printed p
 setting: the predicted and real best step (lowest held-out loss, and error), the
 held-out loss there, the final held-out loss, and the largest relative gap between
 the predicted and real held-out loss curves (up to the real best step, median and
-maximum over all steps), and the trust level of the setting (docs/trust.rst). Numbers feed docs/held_out.rst.
+maximum over all steps), and the trust level of the setting (docs/trust.rst).
+Numbers feed docs/held_out.rst.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_eval.py [--n-samples 150] [--n-eval 300]
 """
@@ -72,7 +73,8 @@ def main():
         print(f"{s['lr']:>5g} {s['momentum']:>4g} {batch:>5} | {b_pred:>7} / {b_real:<6} | "
               f"{pred[b_pred]:>7.4f} / {run.eval_loss[b_real]:<7.4f} | "
               f"{pred[-1]:>6.4f} / {run.eval_loss[-1]:<6.4f} | {e_pred:>6} / {e_real:<6} | "
-              f"{pred_err[e_pred]:>6.2f} / {run.eval_error[e_real]:<6.2f}  | {gaps:>24} | {ttp.trust_report(**s).level}")
+              f"{pred_err[e_pred]:>6.2f} / {run.eval_error[e_real]:<6.2f}  | {gaps:>24} | "
+              f"{ttp.trust_report(**s).level}")
     print(f"(SGD: the prediction for the real run's batch order; total "
           f"{time.perf_counter() - start:.0f} s)")
 

@@ -106,7 +106,19 @@ def test_eval_time_band_and_solvers(data):
     assert_allclose(flow, gd, rtol=0.05)  # small lr: the flow is close to GD
     with pytest.raises(ValueError, match="solver='sde' cannot predict held-out"):
         ttp.predict_curve(on="eval", solver="sde")
-    ttp.predict_curve(solver="sde", sde_noise="full", n_paths=2)  # the train curve of sde still works
+    ttp.predict_curve(solver="sde", sde_noise="full", n_paths=2)  # its train curve works
+
+
+def test_fit_with_eval_set_leaves_the_model_untouched(data):
+    X, y, X_val, y_val = data
+    model = RandomFeatureHead(n_features=60)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ttp = TrainingTimePredictor(model, weight_decay=0.01, momentum=0.5, n_steps=10,
+                                trust_check=False).fit(X, y, eval_set=(X_val, y_val))
+    ttp.predict_curve(on="eval", refresh_steps=3)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_on_eval_needs_an_eval_set(data):

@@ -43,7 +43,7 @@ from ..gradients import as_inputs, ntk_from_model
 from ..gradients._inputs import n_samples_of
 from ..utils import format_bytes
 
-__all__ = ["EvalSetMixin", "check_eval_set", "concat_inputs", "joint_ntk", "split_rows"]
+__all__ = ["EvalSetMixin", "check_eval_set", "concat_inputs", "joint_ntk"]
 
 ON = ("train", "eval")
 
@@ -101,12 +101,6 @@ def concat_inputs(a, b):
     return torch.cat([a, b.to(a.device)])
 
 
-def split_rows(values, n_train, n_outputs):
-    """Split ``(P, (N + N_val)·C)`` (or ``((N + N_val)·C,)``) values into train and held-out."""
-    cut = n_train * n_outputs
-    return values[..., :cut], values[..., cut:]
-
-
 def joint_ntk(model, inputs, eval_inputs, names, *, n_outputs, max_memory, **extraction):
     """Θ on the training rows and the cross-kernel to the held-out rows, from one extraction.
 
@@ -133,7 +127,6 @@ def joint_ntk(model, inputs, eval_inputs, names, *, n_outputs, max_memory, **ext
     rows : ndarray of shape (N·C, D0) or None
         Projected training rows (None for an exact Θ).
     cross : ndarray of shape (N·C, N_val·C)
-    eval_rows : ndarray of shape (N_val·C, D0) or None
 
     Raises
     ------
@@ -157,9 +150,7 @@ def joint_ntk(model, inputs, eval_inputs, names, *, n_outputs, max_memory, **ext
     ntk = np.ascontiguousarray(full[:rows_train, :rows_train])
     cross = np.ascontiguousarray(full[:rows_train, rows_train:])
     del full
-    if rows is None:
-        return ntk, None, cross, None
-    return ntk, np.ascontiguousarray(rows[:rows_train]), cross, rows[rows_train:]
+    return ntk, None if rows is None else np.ascontiguousarray(rows[:rows_train]), cross
 
 
 class EvalSetMixin:

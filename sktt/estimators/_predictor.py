@@ -212,6 +212,8 @@ class TrainingTimePredictor(EvalSetMixin, TrustMixin, BaseEstimator):
     See Also
     --------
     sktt.validation.run_real_training : the real fine-tuning a prediction describes.
+    predict_best_step : the predicted early-stopping point on ``fit``'s ``eval_set``
+        (docs/held_out.rst).
 
     Notes
     -----
@@ -358,7 +360,7 @@ class TrainingTimePredictor(EvalSetMixin, TrustMixin, BaseEstimator):
                 if eval_f0.shape[1] != f0.shape[1] or not np.all(np.isfinite(eval_f0)):
                     raise ValueError("the model's outputs on eval_set's X_val are not finite "
                                      "(N_val, C) values; a held-out prediction needs them.")
-                ntk, rows, cross, _ = joint_ntk(model, inputs, eval_inputs, names, **extraction)
+                ntk, rows, cross = joint_ntk(model, inputs, eval_inputs, names, **extraction)
             else:
                 ntk, rows = ntk_from_model(model, inputs, names, **extraction)
             # the SDE's diagonal Σ needs the exact Jacobian once more (only when asked for)

@@ -179,8 +179,8 @@ def refreshed_curves(est, setting):
     with model_untouched(net) as net_eval:
         cross_k = None
         if held_out:
-            ntk_k, _, cross_k, _ = joint_ntk(net_eval, state["inputs"], eval_inputs,
-                                             state["names"], **extraction)
+            ntk_k, _, cross_k = joint_ntk(net_eval, state["inputs"], eval_inputs,
+                                          state["names"], **extraction)
         else:
             ntk_k, _ = ntk_from_model(net_eval, state["inputs"], state["names"], **extraction)
         named = dict(net_eval.named_parameters(remove_duplicate=False))
