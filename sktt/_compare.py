@@ -35,16 +35,21 @@ _METRICS = ("loss", "error")
 
 # ---------------------------------------------------------------------- inputs
 def _as_xy(name, data):
-    """``(X, y)`` from an (X, y) pair, a torch Dataset (y None) or a Bunch with X and y."""
+    """``(X, y, eval_set)`` from an (X, y) pair, an (X, y, X_val, y_val) quadruple, a dict
+    with ``X``, ``y`` and optionally ``eval_set``, a torch Dataset (y None) or a Bunch with
+    X and y; ``eval_set`` is None without held-out data."""
     if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.Tensor):
-        return data, None
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        return data[0], data[1]
+        return data, None, None
+    if isinstance(data, (tuple, list)) and len(data) in (2, 4):
+        return data[0], data[1], (tuple(data[2:]) if len(data) == 4 else None)
+    if isinstance(data, dict) and {"X", "y"} <= set(data) <= {"X", "y", "eval_set"}:
+        return data["X"], data["y"], data.get("eval_set")
     if hasattr(data, "X") and hasattr(data, "y"):
-        return data.X, data.y
-    raise TypeError(f"datasets[{name!r}] is a {type(data).__name__}; accepted: an (X, y) pair, a "
-                    "torch Dataset yielding (x, y) pairs, or an object with X and y attributes "
-                    "(e.g. sktt.datasets.load_demo()).")
+        return data.X, data.y, None
+    raise TypeError(f"datasets[{name!r}] is a {type(data).__name__}; accepted: an (X, y) pair, an "
+                    "(X, y, X_val, y_val) quadruple or a dict {'X': X, 'y': y, 'eval_set': "
+                    "(X_val, y_val)} (held-out data), a torch Dataset yielding (x, y) pairs, or "
+                    "an object with X and y attributes (e.g. sktt.datasets.load_demo()).")
 
 
 def _n_samples(X):
@@ -79,12 +84,12 @@ def _is_sgd(ttp, dyn):
 
 def _evaluate(item, model, settings, options):
     """Fit one dataset and evaluate every setting: ``(rows, predictor)``."""
-    name, X, y = item
+    name, X, y, eval_set = item
     params = dict(options["predictor_params"])
     first = {k: v for k, v in settings[0].items() if k != "eps"}
     ttp = TrainingTimePredictor(model, **{**params, **first})
     ttp.set_params(trust_check=False)  # no fit-time diagnostic of one arbitrary setting
-    ttp.fit(X, y)
+    ttp.fit(X, y, eval_set=eval_set)
     n = ttp.n_samples_
     if options["measure_time"]:
         sizes = sorted({s.get("batch_size", ttp.batch_size) or n for s in settings})
@@ -122,6 +127,8 @@ def _evaluate(item, model, settings, options):
                 row["t_eps_low"], row["t_eps_high"] = (
                     (float(dist.lower), float(dist.upper)) if dist is not None
                     else (t_eps, t_eps))  # GD: deterministic
+            if options["eval"]:
+                row.update(_eval_columns(ttp, dyn, options["metric"], diverged))
             if options["measure_time"]:
                 spp = ttp.seconds_per_step_[dyn.get("batch_size", ttp.batch_size) or n]
                 row["seconds_per_step"] = spp
@@ -133,6 +140,17 @@ def _evaluate(item, model, settings, options):
     return rows, ttp
 
 
+def _eval_columns(ttp, dyn, metric, diverged):
+    """``best_step``, ``best_eval_<metric>``, ``final_eval_<metric>`` (NaN where unavailable:
+    no eval set for this dataset, a diverged setting, or solver="sde")."""
+    keys = ("best_step", f"best_eval_{metric}", f"final_eval_{metric}")
+    solver = ttp.get_recipe(**dyn).resolved_solver
+    if not ttp._has_eval_set() or diverged or solver == "sde":
+        return dict.fromkeys(keys, math.nan)
+    best = ttp.predict_best_step(metric, **dyn)
+    return dict(zip(keys, (best.step, best.value, best.final)))
+
+
 # ---------------------------------------------------------------------- public
 def compare(model, datasets, param_grid=None, *, eps=None, metric="loss", n_jobs=None,
             measure_time=False, trust=False, verbose=0, **predictor_params):
@@ -142,11 +160,13 @@ def compare(model, datasets, param_grid=None, *, eps=None, metric="loss", n_jobs
     ----------
     model : torch.nn.Module
         The pre-trained model, shared by all datasets. Never modified.
-    datasets : dict of str to (X, y), torch Dataset or Bunch
+    datasets : dict of str to (X, y), (X, y, X_val, y_val), dict, torch Dataset or Bunch
         Named target tasks: ``(X, y)`` pairs as for
         :meth:`TrainingTimePredictor.fit <sktt.TrainingTimePredictor.fit>`, a
         Dataset yielding ``(x, y)``, or an object with ``X`` and ``y``
-        attributes (e.g. :func:`sktt.datasets.load_demo`).
+        attributes (e.g. :func:`sktt.datasets.load_demo`). With held-out data:
+        an ``(X, y, X_val, y_val)`` quadruple or a dict ``{"X": X, "y": y,
+        "eval_set": (X_val, y_val)}``; the table then gets held-out columns.
     param_grid : dict or list of dict, default=None
         :class:`sklearn.model_selection.ParameterGrid` over ``lr``,
         ``momentum``, ``batch_size`` (None = full batch), ``n_steps``,
@@ -198,6 +218,11 @@ def compare(model, datasets, param_grid=None, *, eps=None, metric="loss", n_jobs
     ``predict_time(return_distribution=True)``, levels from the predictor's
     ``quantiles``, default 5 % and 95 %; equal to ``t_eps`` for gradient
     descent),
+    (``best_step``, ``best_eval_<metric>``, ``final_eval_<metric>``: when a
+    dataset has held-out data, the predicted early-stopping step and the
+    held-out loss or error there and at ``n_steps``, from
+    :meth:`~sktt.TrainingTimePredictor.predict_best_step`; NaN for datasets
+    without held-out data, diverged settings and ``solver="sde"``),
     (``seconds_per_step``, ``seconds``), (``trust``), ``diverged``.
 
     Examples
@@ -231,14 +256,14 @@ def compare(model, datasets, param_grid=None, *, eps=None, metric="loss", n_jobs
         eps = 0.01 if metric == "loss" else 1.0
     items = []
     for name, data in datasets.items():
-        X, y = _as_xy(name, data)
+        X, y, eval_set = _as_xy(name, data)
         n = len(X) if y is None else _n_samples(X)
         for s in settings:
             b = s.get("batch_size", predictor_params.get("batch_size"))
             if b is not None and (not isinstance(b, numbers.Integral) or not 1 <= b <= n):
                 raise ValueError(f"batch_size={b!r} is invalid for dataset {name!r} of {n} "
                                  f"samples; accepted: None (full batch) or an int in [1, {n}].")
-        items.append((name, X, y))
+        items.append((name, X, y, eval_set))
     workers = n_workers_for(n_jobs, len(items))
     params = dict(predictor_params)
     params["n_jobs"] = 1 if workers > 1 else n_jobs  # one level of parallelism
@@ -249,13 +274,14 @@ def compare(model, datasets, param_grid=None, *, eps=None, metric="loss", n_jobs
     options = {"predictor_params": params, "eps": eps, "metric": metric,
                "measure_time": bool(measure_time), "trust": bool(trust),
                "columns": columns,
+               "eval": any(item[3] is not None for item in items),
                "any_sgd": any(s.get("batch_size", predictor_params.get("batch_size"))
                               is not None or s.get("solver", predictor_params.get("solver"))
                               == "sde" for s in settings)}
     results = map_chunks(_evaluate, items, model, settings, options, n_jobs=workers,
                          verbose=verbose, desc="datasets", tasks_per_worker=len(items))
     rows = [row for part, _ in results for row in part]
-    predictors = {name: ttp for (name, _, _), (_, ttp) in zip(items, results)}
+    predictors = {name: ttp for (name, *_), (_, ttp) in zip(items, results)}
     return Comparison(rows, predictors, metric=metric)
 
 

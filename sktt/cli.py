@@ -122,6 +122,9 @@ def _add_file_args(p):
     p.add_argument("--loss", choices=("cross_entropy", "mse"), default="cross_entropy",
                    help="training loss, torch's mean reduction (default: cross_entropy)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--eval-data", metavar="NPZ", default=None,
+                   help="held-out .npz (same --x-key / --y-key): adds the predicted "
+                        "early-stopping step and the held-out metric there to the table")
 
 
 def build_parser():
@@ -218,7 +221,7 @@ def _check_settings(n, settings):
                               f"accepted: 1..{n} or 'full'.")
 
 
-def _predict_rows(model, X, y, args, loss, seconds):
+def _predict_rows(model, X, y, args, loss, seconds, eval_set=None):
     """Fit once and predict the grid with :func:`sktt.compare`: ``(predictor, rows)``.
 
     One row per (lr, momentum, batch size) setting, with the predicted steps
@@ -233,7 +236,8 @@ def _predict_rows(model, X, y, args, loss, seconds):
             "eps": list(args.eps)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # divergence and trust are columns of the table
-        table = compare(model, {"data": (X, y)}, grid, metric=args.metric,
+        data = (X, y) if eval_set is None else (X, y, *eval_set)
+        table = compare(model, {"data": data}, grid, metric=args.metric,
                         measure_time=seconds, **_predictor_params(args, loss))
     ttp = table.predictors_["data"]
     by_setting = {}
@@ -254,6 +258,11 @@ def _predict_rows(model, X, y, args, loss, seconds):
         row["predicted_seconds"] = [
             None if (t is None or row["seconds_per_step"] is None) else t * row["seconds_per_step"]
             for t in row["predicted_steps"]]
+        if getattr(ttp, "eval_f0_", None) is not None and args.solver != "sde":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                best = ttp.predict_best_step(args.metric, **s)
+            row["best_step"], row["best_eval"] = best.step, best.value
         rows.append(row)
     return ttp, rows
 
@@ -278,6 +287,8 @@ def _validate_rows(ttp, X, y, args, rows, seeds=None):
         row["delta_over_T"] = [_finite(v) for v in _nanmedian(res.delta_over_T)]
         row["real_seconds_per_step"] = res.real_seconds_per_step
         row["real_loss_final"] = float(res.real_runs[0].loss[-1])
+        if res.real_best_steps is not None:
+            row["real_best_step"] = float(_median(res.real_best_steps))
     return rows
 
 
@@ -321,6 +332,9 @@ def _table(rows, eps, metric, real):
             header += ["real", "err"]
     if not real:
         header += [f"time(ε={e:g})" for e in eps]
+    held_out = any("best_step" in r for r in rows)
+    if held_out:
+        header += ["best step", f"eval {metric}"] + (["real best"] if real else [])
     trust = any(r.get("trust") for r in rows)
     if trust:
         header.append("trust")
@@ -334,6 +348,10 @@ def _table(rows, eps, metric, real):
                 line += [_fmt(r["real_steps"][k], "int"), _fmt(r["relative_error"][k], "pct")]
         if not real:
             line += [_fmt(v, "sec") for v in r["predicted_seconds"]]
+        if held_out:
+            line += [_fmt(r.get("best_step"), "int"), _fmt(r.get("best_eval"), "g")]
+            if real:
+                line.append(_fmt(r.get("real_best_step"), "int"))
         if trust:
             line.append(r["trust"]["level"] if r.get("trust") else "-")
         lines.append(line)
@@ -410,35 +428,45 @@ def _cmd_demo(args):
 
 
 def _load_user(args):
-    import torch
-
-    from .utils._files import load_data_file, load_model_file
+    from .utils._files import load_model_file
 
     model = load_model_file(args.model, model_class=args.model_class,
                             model_kwargs=args.model_kwargs, device=args.device)
-    X, y = load_data_file(args.data, x_key=args.x_key, y_key=args.y_key)
+    X, y = _load_xy(args.data, args)
+    eval_set = None if args.eval_data is None else _load_xy(args.eval_data, args, "--eval-data ")
+    name = os.path.basename(args.model)
+    return model, X, y, name, eval_set
+
+
+def _load_xy(path, args, what=""):
+    """Inputs and targets of one .npz file, as tensors on ``--device``."""
+    import torch
+
+    from .utils._files import load_data_file
+
+    X, y = load_data_file(path, x_key=args.x_key, y_key=args.y_key)
     X = torch.as_tensor(X)
     if args.loss == "cross_entropy":
         if not (y.ndim == 1 and (y.dtype.kind in "iub" or (y == y.round()).all())):
-            raise _UsageError(f"--loss cross_entropy needs integer class labels y of shape (N,); "
-                              f"got dtype {y.dtype}, shape {y.shape}.")
+            raise _UsageError(f"{what}--loss cross_entropy needs integer class labels y of shape "
+                              f"(N,); got dtype {y.dtype}, shape {y.shape}.")
         y = torch.as_tensor(y.astype("int64"))
     else:
         y = torch.as_tensor(y, dtype=torch.float64)
-    name = os.path.basename(args.model)
-    return model, X.to(args.device), y.to(args.device), name
+    return X.to(args.device), y.to(args.device)
 
 
 def _cmd_predict(args):
-    model, X, y, name = _load_user(args)
-    ttp, rows = _predict_rows(model, X, y, args, args.loss, seconds=not args.no_seconds)
+    model, X, y, name, eval_set = _load_user(args)
+    ttp, rows = _predict_rows(model, X, y, args, args.loss, seconds=not args.no_seconds,
+                              eval_set=eval_set)
     _report(_document("predict", ttp, name, args.loss, args, rows), args, False)
     return EXIT_OK
 
 
 def _cmd_validate(args):
-    model, X, y, name = _load_user(args)
-    ttp, rows = _predict_rows(model, X, y, args, args.loss, seconds=False)
+    model, X, y, name, eval_set = _load_user(args)
+    ttp, rows = _predict_rows(model, X, y, args, args.loss, seconds=False, eval_set=eval_set)
     rows = _validate_rows(ttp, X, y, args, rows, seeds=args.seeds)
     _report(_document("validate", ttp, name, args.loss, args, rows), args, True)
     return EXIT_OK

@@ -573,3 +573,45 @@ def test_every_other_row_is_in_the_docs_table():
     assert not missing, missing
     rows = len(re.findall(r"^   \* - ``", text, flags=re.M))
     assert f"the contract: {rows} bad" in " ".join(text.split())  # the count quoted is right
+
+
+# ====================================================================== eval_set
+# id, eval_set, estimator kwargs, expected type, message pattern
+EVAL_ROWS = [
+    ("eval-set-not-pair", (X[:5],), {}, TypeError,
+     r"eval_set must be a pair \(X_val, y_val\).*tuple of length 1"),
+    ("eval-set-array", X[:5], {}, TypeError, r"eval_set must be a pair \(X_val, y_val\).*Tensor"),
+    ("eval-set-length", (X[:5], Y[:4]), {}, ValueError,
+     r"eval_set=\(X_val, y_val\): X has 5 samples but y has 4 samples"),
+    ("eval-set-features", (X[:5, :4], Y[:5]), {}, ValueError,
+     r"eval_set: X_val has per-sample shape \(4,\) but X has \(6,\)"),
+    ("eval-set-label-range", (X[:5], Y[:5] + 3), {}, ValueError,
+     r"eval_set: y_val: y contains labels in \[3, 4\].*accepted: labels in \[0, 2\]"),
+    ("eval-set-mse-shape", (X[:5], Y[:5].double()), {"loss": "mse"}, ValueError,
+     r"eval_set: y_val: y has shape \(5,\); loss='mse' needs targets of shape \(n_samples, 3\)"),
+    ("eval-set-y-none", (X[:5], None), {}, ValueError, r"y_val are required"),
+    ("eval-set-memory", (X, Y), {"max_memory": 24 * 3 * 24 * 3 * 8 * 2}, MemoryBudgetError,
+     r"cross-kernel Θ\(train, eval\) of 72×72.*more than max_memory.*smaller eval_set"),
+]
+
+
+@pytest.mark.parametrize("row", EVAL_ROWS, ids=[r[0] for r in EVAL_ROWS])
+def test_bad_eval_set(row):
+    _, eval_set, kwargs, exc, pattern = row
+    y = ONEHOT if kwargs.get("loss") == "mse" else Y
+    with pytest.raises(exc, match=pattern):
+        TrainingTimePredictor(RandomFeatureHead(), trust_check=False, **kwargs).fit(
+            X, y, eval_set=eval_set)
+
+
+def test_on_eval_without_eval_set():
+    ttp = TrainingTimePredictor(RandomFeatureHead(), n_steps=5, trust_check=False).fit(X, Y)
+    with pytest.raises(NotFittedError, match=r"on='eval' needs held-out data"):
+        ttp.predict_curve(on="eval")
+
+
+def test_every_eval_row_is_in_the_docs_table():
+    text = DOCS.read_text()
+    ids = [r[0] for r in EVAL_ROWS] + ["eval-not-fitted", "eval-sde"]
+    missing = [i for i in ids if not re.search(rf"``{re.escape(i)}``", text)]
+    assert not missing, missing

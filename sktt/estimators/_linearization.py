@@ -33,15 +33,19 @@ class Linearization:
     Attributes
     ----------
     outputs : ndarray of shape (N, C)
+        (N + N_eval, C) with held-out rows (train first).
     ntk : ndarray of shape (N·C, N·C)
     operator : JacobianOperator
-        :math:`J(w)` (``vjp``, ``jvp``, ``at``).
+        :math:`J(w)` (``vjp``, ``jvp``, ``at``), on the same rows as ``outputs``.
+    cross : ndarray of shape (N·C, N_eval·C) or None
+        Θ(train, eval) at :math:`w`.
     """
 
-    def __init__(self, outputs, ntk, operator):
+    def __init__(self, outputs, ntk, operator, cross=None):
         self.outputs = outputs
         self.ntk = ntk
         self.operator = operator
+        self.cross = cross
 
     def apply(self, tangent):
         """:math:`J(w)\\,u` for a parameter-shaped dict ``u``, flattened (N·C,), float64."""
@@ -72,7 +76,7 @@ def set_weights(model, weights):
             named[n].copy_(w)
 
 
-def linearize_at(est, model):
+def linearize_at(est, model, *, held_out=False):
     """Outputs, kernel and Jacobian operator of ``model`` (at its current weights).
 
     Parameters
@@ -81,19 +85,30 @@ def linearize_at(est, model):
         Fitted; its projection, seed, chunking and memory budget are reused.
     model : torch.nn.Module
         In eval mode at the weights to linearise at; not modified.
+    held_out : bool, default=False
+        Also the eval-set rows (outputs, operator rows after the training rows,
+        and the cross-kernel), as ``fit(eval_set=...)`` computed them.
 
     Returns
     -------
     Linearization
     """
     state = est._trust_state
-    outputs = model_outputs(model, state["inputs"])
-    ntk, _ = ntk_from_model(
-        model, state["inputs"], state["names"], n_outputs=est.n_outputs_,
-        projection=est.projection, projection_dim=est.projection_dim, seed=est.seed_,
-        chunk_size=est.chunk_size, n_jobs=est.n_jobs,
-        max_memory=parse_memory("max_memory", est.max_memory), verbose=est.verbose,
-        jacobian_method=getattr(est, "jacobian_method", "auto"))
-    operator = JacobianOperator(model, state["names"], state["inputs"],
-                                chunk_size=est.chunk_size or 256)
-    return Linearization(outputs, ntk, operator)
+    extraction = dict(n_outputs=est.n_outputs_, projection=est.projection,
+                      projection_dim=est.projection_dim, seed=est.seed_,
+                      chunk_size=est.chunk_size, n_jobs=est.n_jobs,
+                      max_memory=parse_memory("max_memory", est.max_memory), verbose=est.verbose,
+                      jacobian_method=getattr(est, "jacobian_method", "auto"))
+    rows = state["inputs"]
+    cross = None
+    if held_out:
+        from ._eval_set import concat_inputs, joint_ntk  # the joint extraction of fit
+
+        ntk, _, cross = joint_ntk(model, state["inputs"], est._eval_inputs, state["names"],
+                                  **extraction)
+        rows = concat_inputs(state["inputs"], est._eval_inputs)
+    else:
+        ntk, _ = ntk_from_model(model, state["inputs"], state["names"], **extraction)
+    outputs = model_outputs(model, rows)
+    operator = JacobianOperator(model, state["names"], rows, chunk_size=est.chunk_size or 256)
+    return Linearization(outputs, ntk, operator, cross)

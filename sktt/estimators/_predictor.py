@@ -32,6 +32,7 @@ from ..utils._batches import dataloader_batches
 from ..gradients._outputs import check_output
 from ..utils._torch import (model_device_dtype, model_untouched, require_trainable,
                             warn_model_assumptions)
+from ._eval_set import EvalSetMixin, check_eval_set, joint_ntk
 from ._extraction_params import check_extraction_params
 from ._adamw import AdamWMixin
 from ._refresh import refreshed_curves
@@ -51,7 +52,7 @@ METRICS = ("loss", "error")
 _EDGE = "η·λ_max(HΘ)/(2(1+m))"
 
 
-class TrainingTimePredictor(AdamWMixin, TrustMixin, BaseEstimator):
+class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator):
     r"""Predict the loss curve and ε-training-time of fine-tuning a torch model, without training.
 
     Parameters
@@ -215,6 +216,16 @@ class TrainingTimePredictor(AdamWMixin, TrustMixin, BaseEstimator):
     trainable_parameter_names_ : list of str
     projected_jacobian_ : ndarray of shape (N·C, projection_dim) or None
         The projected Jacobian rows when ``projection`` is set.
+    eval_f0_ : ndarray of shape (N_val, C) or None
+        Outputs on the held-out inputs of ``fit(..., eval_set=(X_val, y_val))``
+        at the pre-trained weights; None without an eval set.
+    eval_targets_ : ndarray or None
+        Held-out labels (N_val,) or targets (N_val, C).
+    cross_ntk_ : ndarray of shape (N·C, N_val·C) or None
+        The cross-kernel Θ(train, eval) = J J_valᵀ, from the same extraction
+        as ``ntk_`` (exact, or the same projection and seed).
+    n_eval_samples_ : int
+        N_val (0 without an eval set).
     fit_seconds_ : float
         Wall time of ``fit`` (the trust diagnostic included).
     trust_ : TrustReport
@@ -243,6 +254,8 @@ class TrainingTimePredictor(AdamWMixin, TrustMixin, BaseEstimator):
     See Also
     --------
     sktt.validation.run_real_training : the real fine-tuning a prediction describes.
+    predict_best_step : the predicted early-stopping point on ``fit``'s ``eval_set``
+        (docs/held_out.rst).
 
     Notes
     -----
@@ -338,7 +351,7 @@ class TrainingTimePredictor(AdamWMixin, TrustMixin, BaseEstimator):
         return self._setting(overrides).recipe
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, eval_set=None):
         """Compute f0, the (projected) Jacobians, Θ and its eigendecomposition.
 
         Parameters
@@ -349,6 +362,12 @@ class TrainingTimePredictor(AdamWMixin, TrustMixin, BaseEstimator):
         y : array-like or None
             Class indices (cross-entropy) or targets of shape (N, C) (MSE);
             None when X is a Dataset.
+        eval_set : (X_val, y_val) or None, default=None
+            Held-out data for the validation curves (``predict_curve(...,
+            on="eval")``, :meth:`predict_best_step`): X_val shaped like X,
+            y_val as y. Its outputs at w0 and the cross-kernel Θ(train, eval)
+            are computed here, once (the joint kernel of N + N_val samples must
+            fit ``max_memory``). Not with ``model="precomputed"``.
 
         Returns
         -------
@@ -356,6 +375,10 @@ class TrainingTimePredictor(AdamWMixin, TrustMixin, BaseEstimator):
         """
         start = time.perf_counter()
         if self._precomputed():  # X is the output of JacobianFeatures
+            if eval_set is not None:
+                raise ValueError("eval_set needs the model (held-out outputs and the "
+                                 "cross-kernel are extracted with the training rows); a "
+                                 "predictor with model='precomputed' takes no eval_set.")
             return self._fit_precomputed(X, y, start)
         max_memory = self._check_fit_params()
         self._setting({})  # fail early on bad lr / momentum / ...
@@ -376,14 +399,26 @@ class TrainingTimePredictor(AdamWMixin, TrustMixin, BaseEstimator):
                                  "a prediction needs finite outputs.")
             targets = check_targets(y.detach().cpu().numpy(), self.loss, f0.shape[1])
             self._setting({}, n_samples=f0.shape[0])  # batch_size against N
-            ntk, rows = ntk_from_model(
-                model, inputs, names, n_outputs=f0.shape[1], projection=self.projection,
-                projection_dim=self.projection_dim, seed=seed, chunk_size=self.chunk_size,
-                n_jobs=self.n_jobs, max_memory=max_memory, verbose=self.verbose,
-                jacobian_method=self.jacobian_method)
+            extraction = dict(n_outputs=f0.shape[1], projection=self.projection,
+                              projection_dim=self.projection_dim, seed=seed,
+                              chunk_size=self.chunk_size, n_jobs=self.n_jobs,
+                              max_memory=max_memory, verbose=self.verbose,
+                              jacobian_method=self.jacobian_method)
+            eval_inputs = eval_f0 = eval_targets = cross = None
+            if eval_set is not None:
+                eval_inputs, eval_targets = check_eval_set(
+                    eval_set, inputs, loss=self.loss, n_outputs=f0.shape[1], float_dtype=dtype)
+                eval_f0 = model_outputs(model, eval_inputs)
+                if eval_f0.shape[1] != f0.shape[1] or not np.all(np.isfinite(eval_f0)):
+                    raise ValueError("the model's outputs on eval_set's X_val are not finite "
+                                     "(N_val, C) values; a held-out prediction needs them.")
+                ntk, rows, cross = joint_ntk(model, inputs, eval_inputs, names, **extraction)
+            else:
+                ntk, rows = ntk_from_model(model, inputs, names, **extraction)
             # the SDE's diagonal Σ needs the exact Jacobian once more (only when asked for)
             noise = fit_sde_noise(self, model, inputs, names, f0, targets, rows, max_memory)
         self._set_kernel(ntk, f0, targets)
+        self._set_eval(eval_inputs, eval_f0, eval_targets, cross)
         self.n_params_ = int(sum(p.numel() for p in params))
         self.trainable_parameter_names_ = names
         self.projected_jacobian_ = rows
@@ -404,16 +439,41 @@ class TrainingTimePredictor(AdamWMixin, TrustMixin, BaseEstimator):
         self.n_samples_, self.n_outputs_ = f0.shape
         self._kernel = DenseKernel(ntk, f0.shape[1], eigh=(self.eigenvalues_, self.eigenvectors_))
         self._jw0 = None  # Φ0 = J·w0, computed on the first weight-decay prediction
+        self._set_eval(None, None, None, None)
 
-    def _problem(self, recipe):
-        """The linearised problem a recipe is simulated on (Φ0 only when it needs it)."""
+    def _set_eval(self, inputs, f0, targets, cross):
+        """Held-out state of ``fit(..., eval_set=...)`` (all None without one)."""
+        self._eval_inputs = inputs
+        self.eval_f0_ = f0
+        self.eval_targets_ = targets
+        self.cross_ntk_ = cross
+        self.n_eval_samples_ = 0 if f0 is None else int(f0.shape[0])
+        self._eval_jw0 = None
+        self._eval_kernel = None if cross is None else DenseKernel(
+            self.ntk_, self.n_outputs_, cross=cross, eigh=(self.eigenvalues_, self.eigenvectors_))
+
+    def _problem(self, recipe, held_out=False):
+        """The linearised problem a recipe is simulated on (Φ0 only when it needs it).
+
+        ``held_out=True`` adds the eval-set rows (when fitted with one).
+        """
         labels = labels_of(self.targets_, self.loss) if self._has_error_metric() else None
         jw0 = self._weight_anchor() if recipe.weight_decay > 0 else None
-        return LinearizedProblem(self.f0_, self.targets_, self.loss, labels=labels, jw0=jw0)
+        problem = LinearizedProblem(self.f0_, self.targets_, self.loss, labels=labels, jw0=jw0)
+        if not (held_out and self._has_eval_set()):
+            return problem
+        return LinearizedProblem(
+            self.f0_, self.targets_, self.loss, labels=labels, jw0=jw0,
+            eval_f0=self.eval_f0_, eval_targets=self.eval_targets_,
+            eval_labels=(labels_of(self.eval_targets_, self.loss)
+                         if labels is not None else None),
+            eval_jw0=self._weight_anchor(held_out=True) if jw0 is not None else None)
 
-    def _weight_anchor(self):
-        """Φ0 = J·w0 (trainable parameters), one forward-mode pass over the fit inputs."""
-        if self._jw0 is None:
+    def _weight_anchor(self, held_out=False):
+        """Φ0 = J·w0 (trainable parameters), one forward-mode pass over the fit inputs
+        (``held_out=True``: over the eval-set inputs)."""
+        attr = "_eval_jw0" if held_out else "_jw0"
+        if getattr(self, attr) is None:
             if not self._has_trust_state():
                 raise ValueError("weight_decay > 0 needs J·w0 (one forward-mode pass of the "
                                  "model); a predictor fitted with model='precomputed' has no "
@@ -421,9 +481,9 @@ class TrainingTimePredictor(AdamWMixin, TrustMixin, BaseEstimator):
             from ._trust import _operator  # the Jacobian operator at the fit snapshot
 
             with model_untouched(self.model):
-                op = _operator(self)
-                self._jw0 = op.jvp(op.params).astype(np.float64)
-        return self._jw0
+                op = _operator(self, inputs=self._eval_inputs if held_out else None)
+                setattr(self, attr, op.jvp(op.params).astype(np.float64))
+        return getattr(self, attr)
 
     def _precomputed(self):
         return self.model is None or (isinstance(self.model, str) and self.model == "precomputed")
@@ -616,8 +676,10 @@ class TrainingTimePredictor(AdamWMixin, TrustMixin, BaseEstimator):
             seeds = sde_seeds(self.seed_, recipe.n_paths)
             if not recipe.full_batch:
                 noise = noise_factor(self, recipe.sde_noise)
-        return simulate(self._kernel, self._problem(recipe), recipe, batches=batches,
-                        noise_factor=noise, seeds=seeds)
+        held_out = self._has_eval_set() and solver != "sde"  # see ._eval_set: sde refuses
+        kernel = self._eval_kernel if held_out else self._kernel
+        return simulate(kernel, self._problem(recipe, held_out=held_out), recipe,
+                        batches=batches, noise_factor=noise, seeds=seeds)
 
     def _divergence(self, setting, out):
         """Why the predicted training under ``setting`` diverges (a phrase), or None.
@@ -706,14 +768,18 @@ class TrainingTimePredictor(AdamWMixin, TrustMixin, BaseEstimator):
         return (f"η̃·λ_max(Θ)/{'N' if self.loss == 'cross_entropy' else '(N·C/2)'} = "
                 f"{recipe.effective_lr * lam / scale:.3g}; try a smaller lr")
 
-    def predict_curve(self, metric="loss", *, return_band=False, quantiles=(0.05, 0.95),
-                      batches=None, **overrides):
-        """Predicted train loss (or train error, %) at steps 0..n_steps.
+    def predict_curve(self, metric="loss", *, on="train", return_band=False,
+                      quantiles=(0.05, 0.95), batches=None, **overrides):
+        """Predicted train (or held-out) loss or error (%) at steps 0..n_steps.
 
         Parameters
         ----------
         metric : {"loss", "error"}, default="loss"
-            ``"loss"`` in torch's mean units; ``"error"`` the train error in percent.
+            ``"loss"`` in torch's mean units; ``"error"`` the error in percent.
+        on : {"train", "eval"}, default="train"
+            The training set, or the ``eval_set`` given to ``fit`` (held-out
+            rows move through the cross-kernel and never enter a batch;
+            solvers ``"discrete"`` and ``"ode"``, not ``"sde"``).
         return_band : bool, default=False
             Return the spread over the simulated SGD paths too (see Returns).
         quantiles : (float, float), default=(0.05, 0.95)
@@ -740,7 +806,7 @@ class TrainingTimePredictor(AdamWMixin, TrustMixin, BaseEstimator):
             ``quantiles`` and ``paths`` (n_paths, n_steps + 1). Deterministic
             solvers give a degenerate band (lower = upper = mean).
         """
-        setting, out, band = self._predicted(metric, quantiles, batches, overrides)
+        setting, out, band = self._predicted(metric, quantiles, batches, overrides, on)
         self._warn_trust(setting)
         if out["divergence"] is not None:
             warnings.warn(f"the predicted training diverges: {out['divergence']} "
@@ -748,7 +814,7 @@ class TrainingTimePredictor(AdamWMixin, TrustMixin, BaseEstimator):
                           stacklevel=2)
         return band if return_band else band.mean
 
-    def _predicted(self, metric, quantiles, batches, overrides):
+    def _predicted(self, metric, quantiles, batches, overrides, on="train"):
         """``(setting, out, band)``: the work of predict_curve, without warnings."""
         check_is_fitted(self, "ntk_")
         check_choice("metric", metric, METRICS)
@@ -757,12 +823,13 @@ class TrainingTimePredictor(AdamWMixin, TrustMixin, BaseEstimator):
                              "with C >= 2 outputs (the label is argmax of the target).")
         quantiles = check_quantiles(quantiles)
         setting = self._setting(overrides)
+        key = self._curve_key(metric, on, setting.recipe.resolved_solver)  # ._eval_set
         out = self._curves(setting, batches)
-        return setting, out, curve_band(out[metric], quantiles)
+        return setting, out, curve_band(out[key], quantiles)
 
-    def predict_time(self, eps=None, metric="loss", *, threshold=None, smooth=None, unit="steps",
-                     return_distribution=False, quantiles=(0.05, 0.95), batches=None,
-                     **overrides):
+    def predict_time(self, eps=None, metric="loss", *, on="train", threshold=None, smooth=None,
+                     unit="steps", return_distribution=False, quantiles=(0.05, 0.95),
+                     batches=None, **overrides):
         """Predicted ε-training-time in steps (or the first step under an absolute threshold).
 
         Parameters
@@ -772,6 +839,9 @@ class TrainingTimePredictor(AdamWMixin, TrustMixin, BaseEstimator):
             error). ``T_ε = min{t : |L_t − L_T| < ε}``. Exactly one of ``eps``
             and ``threshold`` must be given.
         metric : {"loss", "error"}, default="loss"
+        on : {"train", "eval"}, default="train"
+            The curve of the training set or of the ``eval_set`` (see
+            :meth:`predict_curve`).
         threshold : float or array-like of float, optional
             Absolute target τ: the first step with L_t ≤ τ.
         smooth : int or None, default=None
@@ -818,7 +888,7 @@ class TrainingTimePredictor(AdamWMixin, TrustMixin, BaseEstimator):
         check_choice("unit", unit, ("steps", "seconds"))
         seconds_per_step = self._seconds_per_step(overrides) if unit == "seconds" else None
         quantiles = check_quantiles(quantiles)
-        setting, out, band = self._predicted(metric, quantiles, batches, overrides)
+        setting, out, band = self._predicted(metric, quantiles, batches, overrides, on)
         self._warn_trust(setting)
         if out["divergence"] is not None:
             raise DivergenceError(f"the predicted training diverges, so no training time exists: "

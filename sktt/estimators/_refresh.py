@@ -13,6 +13,10 @@ budget ``refresh_seconds``) the predictor
    (same projection and seed as ``fit``), the optimiser's real momentum buffer
    mapped to function space, :math:`A_k = J_k\,\mathrm{buf}_k`, and for weight
    decay the anchor :math:`\Phi_k = J_k w_k` (one Jacobian-vector product each);
+   with an eval set (:mod:`sktt.estimators._eval_set`) the same on the held-out
+   rows: outputs :math:`F_{val,k}`, the cross-kernel at :math:`w_k` (one joint
+   extraction), and the held-out parts of :math:`A_k` and :math:`\Phi_k` (the
+   JVPs run over the training and held-out inputs together);
 3. simulates the remaining :math:`T - k` steps from there with the rest of the
    learning-rate schedule (the discrete solver resumes with :math:`A_k`; the
    ODE solver starts at rest).
@@ -50,13 +54,14 @@ from ..gram import DenseKernel
 from ..training import run_steps, torch_targets
 from ..utils._torch import model_untouched
 from ._adamw import exact_rows, flat_weights
+from ._eval_set import concat_inputs
 from ._linearization import linearize_at
 
 __all__ = ["real_steps", "refreshed_curves"]
 
 
 def real_steps(model, names, weights, buffers, inputs, targets, *, loss, recipe, batches,
-               lr_scheduler=None, max_seconds=None):
+               lr_scheduler=None, max_seconds=None, eval_inputs=None):
     """Run real steps of ``recipe`` on a deep copy of ``model`` and record the full-set outputs.
 
     Parameters
@@ -78,6 +83,8 @@ def real_steps(model, names, weights, buffers, inputs, targets, *, loss, recipe,
         The user's scheduler factory (else the recipe's per-step rates).
     max_seconds : float, optional
         Stop once the steps' wall time reaches this (after at least one step).
+    eval_inputs : Tensor or tuple of Tensor, optional
+        Held-out inputs whose outputs are recorded too (never trained on).
 
     Returns
     -------
@@ -85,7 +92,8 @@ def real_steps(model, names, weights, buffers, inputs, targets, *, loss, recipe,
         The trained copy, in eval mode.
     optimizer : torch.optim.SGD
     outputs : list of ndarray (N, C)
-        Full-set outputs before the first step and after each step.
+        Full-set outputs before the first step and after each step (N + N_val
+        rows, held-out last, with ``eval_inputs``).
     seconds : float
         Wall time of the steps alone (no evaluation).
     """
@@ -99,21 +107,22 @@ def real_steps(model, names, weights, buffers, inputs, targets, *, loss, recipe,
             named_buffers[n].copy_(b)
     params = [named[n] for n in names]
     y = torch_targets(targets, loss, params[0].dtype, params[0].device)
+    recorded = inputs if eval_inputs is None else concat_inputs(inputs, eval_inputs)
     net.eval()
-    outputs = [model_outputs(net, inputs)]
+    outputs = [model_outputs(net, recorded)]
     opt, seconds = run_steps(net, params, inputs, y, recipe, batches, loss=loss,
                              lr_scheduler=lr_scheduler, max_seconds=max_seconds,
-                             after_step=lambda t, m: outputs.append(model_outputs(m, inputs)))
+                             after_step=lambda t, m: outputs.append(model_outputs(m, recorded)))
     return net, opt, outputs, sum(seconds)
 
 
 def refreshed_curves(est, setting):
     """Curves of a fitted predictor with the closed-loop refresh, in ``_curves``' format.
 
-    Returns the dict of :func:`sktt.dynamics.simulate` (``"loss"``, ``"error"``
-    of shape (P, n_steps + 1), ``"diverged_at"``) plus ``"refresh"``: steps taken,
-    seconds of the real steps and of the re-linearisation, and the measured
-    kernel change ``trace(Θ_k)/trace(Θ_0)``.
+    Returns the dict of :func:`sktt.dynamics.simulate` (``"loss"``, ``"error"``,
+    ``"eval_loss"``, ``"eval_error"`` of shape (P, n_steps + 1), ``"diverged_at"``)
+    plus ``"refresh"``: steps taken, seconds of the real steps and of the
+    re-linearisation, and the measured kernel change ``trace(Θ_k)/trace(Θ_0)``.
     """
     recipe = setting.recipe
     if not est._has_trust_state():
@@ -138,58 +147,71 @@ def refreshed_curves(est, setting):
         step_batches = [b[0] for b in full_batches]
     else:
         step_batches = [np.arange(est.n_samples_)] * T
+    # refresh runs discrete / ode only: both take held-out rows (AdamW's exact mode: none)
+    held_out = est._has_eval_set() and not recipe.is_adamw
+    eval_inputs = est._eval_inputs if held_out else None
     t0 = time.perf_counter()
     with model_untouched(est.model) as model:
         net, opt, outs, seconds_steps = real_steps(
             model, state["names"], state["weights"], state["buffers"], state["inputs"],
             est.targets_, loss=est.loss, recipe=recipe,
             batches=step_batches[:setting.refresh_steps], lr_scheduler=setting.lr_scheduler,
-            max_seconds=setting.refresh_seconds)
+            max_seconds=setting.refresh_seconds, eval_inputs=eval_inputs)
     k = len(outs) - 1
-    problem = est._problem(recipe)
-    F_real = np.stack(outs)
+    n = est.n_samples_
+    problem = est._problem(recipe, held_out=held_out)
+    F_all = np.stack(outs)
+    F_real = F_all[:, :n]
     real_loss = loss_value(F_real, est.targets_, est.loss)
     real_error = None if problem.labels is None else train_error(F_real, problem.labels)
+    measured = {"loss": real_loss, "error": real_error}
+    if held_out:
+        measured["eval_loss"] = loss_value(F_all[:, n:], problem.eval_targets, est.loss)
+        if problem.eval_labels is not None:
+            measured["eval_error"] = train_error(F_all[:, n:], problem.eval_labels)
     info = {"steps": k, "seconds_real_steps": seconds_steps, "seconds_relinearise": 0.0,
             "kernel_trace_ratio": math.nan}
-    if k == T or not np.all(np.isfinite(F_real[-1])):
-        out = {"loss": real_loss[None], "error": None if real_error is None else real_error[None],
-               "eval_loss": None, "eval_error": None,
-               "diverged_at": np.array([-1 if np.all(np.isfinite(real_loss)) else k])}
+    if k == T or not np.all(np.isfinite(F_all[-1])):
+        out = {key: (None if measured.get(key) is None else measured[key][None])
+               for key in ("loss", "error", "eval_loss", "eval_error")}
+        out["diverged_at"] = np.array([-1 if np.all(np.isfinite(real_loss)) else k])
         if k < T:  # the real run blew up: the rest is inf
-            pad = np.full(T - k, np.inf)
-            out["loss"] = np.concatenate([real_loss, pad])[None]
-            if real_error is not None:
-                out["error"] = np.concatenate([real_error, np.full(T - k, 100.0)])[None]
+            for key, fill in (("loss", np.inf), ("error", 100.0), ("eval_loss", np.inf),
+                              ("eval_error", 100.0)):
+                if out[key] is not None:
+                    out[key] = np.concatenate([measured[key], np.full(T - k, fill)])[None]
         info["seconds_total"] = time.perf_counter() - t0
         out["refresh"] = info
         return out
     t1 = time.perf_counter()
-    F_k = F_real[-1]
+    F_k = F_all[-1]
     rest = T - k
     rest_recipe = recipe.replace(n_steps=rest, lr_schedule=recipe.learning_rates[k:])
+    # every path continues from the measured state with its own batch order; the
+    # real steps followed path 0 (the order of ``dataloader_seed(0)``)
     rest_batches = None if full_batches is None or solver != "discrete" else full_batches[k:]
     if recipe.is_adamw:
         sim = _adamw_resumed(est, net, opt, F_k, problem, rest_recipe, rest_batches, info)
         info["seconds_relinearise"] = time.perf_counter() - t1
-        return _joined(sim, real_loss, real_error, k, rest, info, t0)
+        return _joined(sim, measured, k, rest, info, t0)
     with model_untouched(net) as net_eval:
-        lin = linearize_at(est, net_eval)
+        lin = linearize_at(est, net_eval, held_out=held_out)  # rows: train, then held-out
         named = dict(net_eval.named_parameters(remove_duplicate=False))
         A_k = jw_k = None
         if recipe.momentum > 0:
             A_k = lin.apply({n: opt.state[named[n]]["momentum_buffer"] for n in state["names"]})
         if recipe.weight_decay > 0:
             jw_k = lin.apply({n: named[n].detach() for n in state["names"]}).reshape(F_k.shape)
-    ntk_k = lin.ntk
     info["seconds_relinearise"] = time.perf_counter() - t1
-    info["kernel_trace_ratio"] = float(np.trace(ntk_k) / np.trace(est.ntk_))
-    # every path continues from the measured state with its own batch order; the
-    # real steps followed path 0 (the order of ``dataloader_seed(0)``)
-    sim = simulate(DenseKernel(ntk_k, est.n_outputs_), problem.with_outputs(F_k, jw0=jw_k),
+    info["kernel_trace_ratio"] = float(np.trace(lin.ntk) / np.trace(est.ntk_))
+    problem_k = problem.with_outputs(
+        F_k[:n], eval_f0=F_k[n:] if held_out else None,
+        jw0=None if jw_k is None else jw_k[:n],
+        eval_jw0=None if jw_k is None or not held_out else jw_k[n:])
+    sim = simulate(DenseKernel(lin.ntk, est.n_outputs_, cross=lin.cross), problem_k,
                    rest_recipe, batches=rest_batches,
                    momentum_buffer=A_k if solver == "discrete" else None)
-    return _joined(sim, real_loss, real_error, k, rest, info, t0)
+    return _joined(sim, measured, k, rest, info, t0)
 
 
 def _adamw_resumed(est, net, opt, F_k, problem, rest_recipe, rest_batches, info):
@@ -213,9 +235,8 @@ def _adamw_resumed(est, net, opt, F_k, problem, rest_recipe, rest_batches, info)
     return out
 
 
-def _joined(sim, real_loss, real_error, k, rest, info, t0):
+def _joined(sim, measured, k, rest, info, t0):
     """The measured first k + 1 points, then the simulated rest, in ``_curves``' format."""
-    measured = {"loss": real_loss, "error": real_error}
     out = {}
     for key, value in sim.items():
         if key == "diverged_at":

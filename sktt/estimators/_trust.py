@@ -205,9 +205,11 @@ def _snapshot(model, names):
             {n: b.detach().clone() for n, b in model.named_buffers(remove_duplicate=False)})
 
 
-def _operator(est, chunk_size=256):
+def _operator(est, chunk_size=256, inputs=None):
+    """The Jacobian operator at the fit snapshot, on the fit inputs (or ``inputs``)."""
     state = est._trust_state
-    op = JacobianOperator(est.model, state["names"], state["inputs"],
+    op = JacobianOperator(est.model, state["names"],
+                          state["inputs"] if inputs is None else inputs,
                           chunk_size=est.chunk_size or chunk_size, params=state["weights"])
     op.constants.update({n: b.to(op.device) for n, b in state["buffers"].items()})
     return op

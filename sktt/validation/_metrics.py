@@ -99,7 +99,13 @@ def _as_band(band):
 
 
 def predicted_curve_and_band(predictor, metric="loss", **overrides):
-    """The predictor's curve and, when it can give one, its (2, T+1) band (else None)."""
+    """The predictor's curve and its (2, T+1) band (None when deterministic).
+
+    ``metric`` ``"eval_loss"`` / ``"eval_error"``: the held-out curve (``on="eval"``).
+    """
+    if metric.startswith("eval_"):
+        overrides = dict(overrides, on="eval")
+        metric = metric[len("eval_"):]
     band = predictor.predict_curve(metric, return_band=True, **overrides)
     return band.mean, _as_band((band.lower, band.upper))
 
@@ -123,7 +129,9 @@ class ValidationResult:
     seeds : list
         DataLoader seed of each real run (None for full-batch GD).
     predicted_curves : dict
-        ``{"loss": (T+1,), "error": (T+1,) or None}``.
+        ``{"loss": (T+1,), "error": (T+1,) or None}``, and ``"eval_loss"``,
+        ``"eval_error"`` when the predictor was fitted with an ``eval_set``
+        (the real runs then record the held-out curves too).
     predicted_bands : dict
         ``{"loss": (2, T+1) or None, "error": ...}``: lower and upper edge of the
         predicted band where the solver gives one.
@@ -143,6 +151,11 @@ class ValidationResult:
         True when the prediction was made for exactly the batch sequence of the
         (single) real run; False when it is the predictor's own prediction (for
         SGD: over its simulated batch orders) compared with independent runs.
+    predicted_best_step : int or None
+        With held-out curves: the step of the lowest predicted held-out
+        ``metric`` (the early-stopping point); None without them.
+    real_best_steps : ndarray of int, shape (n_runs,), or None
+        The same for each real run.
     """
 
     eps: np.ndarray
@@ -161,6 +174,8 @@ class ValidationResult:
     # predict_time(eps, metric, smooth=...) of the predictor, for times consistent with it
     # (for SGD its point time may be a median over paths); None: times of the curve.
     time_fn: object = field(default=None, repr=False, compare=False)
+    predicted_best_step: int = None
+    real_best_steps: np.ndarray = None
 
     def __post_init__(self):
         self.eps = np.atleast_1d(np.asarray(self.eps, dtype=np.float64))
@@ -174,6 +189,13 @@ class ValidationResult:
         self.real_times = _eps_times(self.real_curves, self.eps, self.smooth)
         self.relative_error, self.delta_over_T = time_prediction_errors(
             self.predicted_times[None, :], self.real_times, self.n_steps)
+        held_out = self.predicted_curves.get("eval_" + self.metric)
+        if held_out is not None and self.real_runs[0].eval_loss is not None:
+            self.predicted_best_step = int(np.argmin(np.where(np.isfinite(held_out), held_out,
+                                                              np.inf)))
+            self.real_best_steps = np.array([
+                int(np.argmin(np.where(np.isfinite(c), c, np.inf)))
+                for c in (getattr(run, "eval_" + self.metric) for run in self.real_runs)])
 
     @property
     def n_steps(self):
@@ -232,6 +254,9 @@ class ValidationResult:
                 "real_time": np.median(self.real_times, axis=0).tolist(),
                 "relative_error": _nan_to_none(np.nanmedian(self.relative_error, axis=0)),
                 "delta_over_T": _nan_to_none(np.nanmedian(self.delta_over_T, axis=0)),
+                **({} if self.predicted_best_step is None else {
+                    "predicted_best_step": self.predicted_best_step,
+                    "real_best_step": float(np.median(self.real_best_steps))}),
             }
 
     def to_dict(self, include_curves=False):
@@ -255,11 +280,15 @@ class ValidationResult:
             "delta_over_T": [_nan_to_none(r) for r in self.delta_over_T],
             "real_seconds_per_step": self.real_seconds_per_step,
         }
+        if self.predicted_best_step is not None:
+            out["predicted_best_step"] = self.predicted_best_step
+            out["real_best_steps"] = self.real_best_steps.tolist()
         if include_curves:
             out["predicted_curves"] = {k: _nan_to_none(v) for k, v in
                                        self.predicted_curves.items() if v is not None}
             out["real_curves"] = {m: [_nan_to_none(getattr(r, m)) for r in self.real_runs]
-                                  for m in _METRICS}
+                                  for m in self.predicted_curves
+                                  if getattr(self.real_runs[0], m, None) is not None}
         return out
 
 
@@ -345,7 +374,11 @@ def compare_with_real(predictor, X, y=None, *, eps=(0.01, 0.03), metric="loss", 
     -------
     result : ValidationResult
         Real and predicted curves, :math:`\hat T_\varepsilon`, :math:`T_\varepsilon`
-        and the errors :math:`|\Delta|/T_\varepsilon` and :math:`|\Delta|/T`.
+        and the errors :math:`|\Delta|/T_\varepsilon` and :math:`|\Delta|/T`. When
+        the predictor was fitted with ``eval_set``, the real runs record the
+        held-out loss and error too, and the result has the predicted and real
+        held-out curves and best steps (``predicted_best_step``,
+        ``real_best_steps``).
 
     Warns
     -----
@@ -406,6 +439,9 @@ def compare_with_real(predictor, X, y=None, *, eps=(0.01, 0.03), metric="loss", 
                  else derive_seed(predictor.seed_, 0)]
     else:
         seeds = _check_seeds(seeds)
+    held_out = None
+    if getattr(predictor, "eval_f0_", None) is not None:
+        held_out = (predictor._eval_inputs, torch.as_tensor(np.asarray(predictor.eval_targets_)))
     runs = []
     for seed in seeds:
         runs.append(run_real_training(
@@ -416,7 +452,8 @@ def compare_with_real(predictor, X, y=None, *, eps=(0.01, 0.03), metric="loss", 
             lr_scheduler=scheduler if callable(scheduler) else recipe.lr_schedule,
             batch_size=recipe.batch_size, n_steps=recipe.n_steps,
             seed=0 if seed is None else seed, drop_last=recipe.drop_last,
-            train_mode=train_mode, output=predictor.get_params().get("output")))
+            train_mode=train_mode, eval_set=held_out,
+            output=predictor.get_params().get("output")))
 
     # Same batches: predict for exactly the real run's batch sequence, so the curves
     # differ only by the linearisation. Otherwise: the predictor's own prediction.
@@ -425,8 +462,9 @@ def compare_with_real(predictor, X, y=None, *, eps=(0.01, 0.03), metric="loss", 
     if same_batches:
         predict_kw["batches"] = runs[0].batches
     curves, bands = {}, {}
-    for m in _METRICS:
-        if m == "error" and not predictor._has_error_metric():
+    eval_curves = held_out is not None and recipe.resolved_solver != "sde"  # sde: train only
+    for m in _METRICS + (tuple("eval_" + m for m in _METRICS) if eval_curves else ()):
+        if m.endswith("error") and not predictor._has_error_metric():
             curves[m] = bands[m] = None
             continue
         with warnings.catch_warnings():

@@ -51,12 +51,16 @@ class RealTrainingResult:
     seconds_per_step : float
         Mean wall-clock time of one optimiser step (forward, backward,
         update), excluding the full-set evaluations.
+    eval_loss, eval_error : numpy.ndarray of shape (n_steps + 1,) or None
+        The same on the held-out ``eval_set`` (None without one).
     """
 
     loss: np.ndarray
     error: np.ndarray
     batches: list = field(repr=False)
     seconds_per_step: float
+    eval_loss: np.ndarray = None
+    eval_error: np.ndarray = None
 
 
 def _param_dtype_device(model):
@@ -106,6 +110,7 @@ def run_real_training(
     seed=0,
     drop_last=False,
     train_mode=False,
+    eval_set=None,
     output=None,
 ):
     """Fine-tune a copy of ``model`` with SGD or AdamW and record the training curves.
@@ -164,6 +169,10 @@ def run_real_training(
         Take the steps in ``train()`` mode (BatchNorm updates, dropout on).
         By default the copy stays in ``eval()`` mode, which is the function
         the predictors linearise. Recording is always in ``eval()`` mode.
+    eval_set : (X_val, y_val) or None, default=None
+        Held-out data, never trained on: its loss and error are recorded
+        before the first step and after every step (``eval_loss``,
+        ``eval_error``), with the conventions of ``X`` and ``y``.
 
     Returns
     -------
@@ -203,42 +212,23 @@ def run_real_training(
     try:
         net = copy.deepcopy(model)
         dtype, device = _param_dtype_device(net)
-        X, y = as_inputs(X, y, float_dtype=dtype)  # empty, NaN, length checks
-        if y is None:
-            raise ValueError("y is None; accepted: targets of length n_samples, or a Dataset "
-                             "yielding (x, y) pairs as X.")
-        X = inputs_to(X, device).bind_output(check_output(output))
-        if y.is_floating_point() and loss == "mse":
-            y = y.to(dtype)
-        y = y.to(device)
-        n = len(X)
         net.eval()
-        with torch.no_grad():  # C, to check the targets before any step
-            n_out = call_model(net, X[:1]).shape[-1]
-        if loss == "cross_entropy":
-            if y.is_floating_point() and y.ndim == 1 and bool(torch.all(y == torch.round(y))):
-                y = y.long()  # integer labels that went through a float container
-            if y.ndim != 1 or y.is_floating_point():
-                raise ValueError(
-                    "loss='cross_entropy' needs integer labels of shape (N,), "
-                    f"got dtype {y.dtype} and shape {tuple(y.shape)}."
-                )
-            lo, hi = int(y.min()), int(y.max())
-            if lo < 0 or hi >= n_out:
-                raise ValueError(f"y contains labels in [{lo}, {hi}] but the model has {n_out} "
-                                 f"outputs; accepted: labels in [0, {n_out - 1}].")
-            targets = labels = y.long()
-        else:
-            if y.ndim != 2 or y.shape[1] != n_out:
-                raise ValueError(
-                    f"loss='mse' needs float targets of shape (N, {n_out}) matching the "
-                    f"model's {n_out} outputs, got shape {tuple(y.shape)}; one-hot encode "
-                    "labels first."
-                )
-            if not bool(torch.isfinite(y).all()):
-                raise ValueError("y contains NaN or inf; accepted: finite targets.")
-            targets = y.to(dtype)
-            labels = targets.argmax(-1)
+        selector = check_output(output)
+        X, targets, labels = _checked_data(net, X, y, loss, dtype, device, selector)
+        n = len(X)
+        held_out = None
+        if eval_set is not None:
+            if not isinstance(eval_set, (tuple, list)) or len(eval_set) != 2:
+                raise TypeError("eval_set must be a pair (X_val, y_val); got "
+                                f"{type(eval_set).__name__}.")
+            held_out = _checked_data(net, *eval_set, loss, dtype, device, selector,
+                                     prefix="eval_set: ")
+            shapes = [tuple(t.shape[1:]) for _, t in held_out[0].tensors()]
+            expected = [tuple(t.shape[1:]) for _, t in X.tensors()]
+            if shapes != expected:
+                shown = (lambda v: v[0] if len(v) == 1 else v)
+                raise ValueError(f"eval_set: X_val has per-sample shape {shown(shapes)} but X "
+                                 f"has {shown(expected)}.")
 
         if batches is None:
             if n_steps is None:
@@ -271,11 +261,17 @@ def run_real_training(
             learning_rates=scheduled_learning_rates(lr, lr_scheduler, max(n_steps, 1)))
         losses = np.empty(n_steps + 1)
         errors = np.empty(n_steps + 1)
-        net.eval()
-        losses[0], errors[0] = _eval_full(net, X, targets, labels, loss)
+        eval_losses = eval_errors = None
+        if held_out is not None:
+            eval_losses, eval_errors = np.empty(n_steps + 1), np.empty(n_steps + 1)
 
         def record(t, model):
             losses[t], errors[t] = _eval_full(model, X, targets, labels, loss)
+            if held_out is not None:
+                eval_losses[t], eval_errors[t] = _eval_full(model, *held_out, loss)
+
+        net.eval()
+        record(0, net)
 
         _, seconds = run_steps(net, params, X, targets, recipe, batches, loss=loss,
                                lr_scheduler=lr_scheduler if callable(lr_scheduler) else None,
@@ -288,4 +284,40 @@ def run_real_training(
         error=errors,
         batches=list(batches),
         seconds_per_step=sum(seconds) / n_steps if n_steps else float("nan"),
+        eval_loss=eval_losses,
+        eval_error=eval_errors,
     )
+
+
+def _checked_data(net, X, y, loss, dtype, device, output, prefix=""):
+    """``(inputs, targets, labels)`` on ``device``, checked against ``net``'s outputs."""
+    try:
+        X, y = as_inputs(X, y, float_dtype=dtype)  # empty, NaN, length checks
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{prefix}{exc}") from exc
+    if y is None:
+        raise ValueError(f"{prefix}y is None; accepted: targets of length n_samples, or a "
+                         "Dataset yielding (x, y) pairs as X.")
+    X = inputs_to(X, device).bind_output(output)
+    y = y.to(device)
+    with torch.no_grad():  # C, to check the targets before any step
+        n_out = call_model(net, X[:1]).shape[-1]
+    if loss == "cross_entropy":
+        if y.is_floating_point() and y.ndim == 1 and bool(torch.all(y == torch.round(y))):
+            y = y.long()  # integer labels that went through a float container
+        if y.ndim != 1 or y.is_floating_point():
+            raise ValueError(f"{prefix}loss='cross_entropy' needs integer labels of shape (N,), "
+                             f"got dtype {y.dtype} and shape {tuple(y.shape)}.")
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= n_out:
+            raise ValueError(f"{prefix}y contains labels in [{lo}, {hi}] but the model has "
+                             f"{n_out} outputs; accepted: labels in [0, {n_out - 1}].")
+        return X, y.long(), y.long()
+    if y.ndim != 2 or y.shape[1] != n_out:
+        raise ValueError(f"{prefix}loss='mse' needs float targets of shape (N, {n_out}) matching "
+                         f"the model's {n_out} outputs, got shape {tuple(y.shape)}; one-hot "
+                         "encode labels first.")
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError(f"{prefix}y contains NaN or inf; accepted: finite targets.")
+    targets = y.to(dtype)
+    return X, targets, targets.argmax(-1)

@@ -1,0 +1,220 @@
+"""Held-out curves: ``fit(X, y, eval_set=(X_val, y_val))``, ``on="eval"``, ``predict_best_step``.
+
+A model linear in its parameters is its own linearisation, so the predicted
+held-out loss and error must equal real torch training's at every step (to
+round-off). The data are over-parametrised (60 features, 20 samples) with noisy
+labels, so the held-out loss falls, then turns upward: the best step is interior.
+"""
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from conftest import RandomFeatureHead
+from numpy.testing import assert_allclose
+from torch.optim.lr_scheduler import CosineAnnealingLR
+
+from sktt import TrainingTimePredictor
+from sktt.exceptions import MemoryBudgetError, NotFittedError
+from sktt.validation import run_real_training
+
+T = 150
+# (batch_size, momentum, lr) per loss: GD and minibatch SGD with momentum, both
+# with an interior minimum of the held-out loss
+SETTINGS = {
+    ("cross_entropy", "gd"): dict(batch_size=None, momentum=0.0, lr=0.03),
+    ("cross_entropy", "sgd"): dict(batch_size=5, momentum=0.9, lr=0.003),
+    ("mse", "gd"): dict(batch_size=None, momentum=0.0, lr=0.1),
+    ("mse", "sgd"): dict(batch_size=5, momentum=0.9, lr=0.01),
+}
+
+
+def _noisy(n, g):
+    X = torch.randn(n, 6, generator=g, dtype=torch.float64)
+    y = (X[:, 0] > 0).long() + (X[:, 1] > 0.5).long()
+    flip = torch.rand(n, generator=g) < 0.3
+    return X, torch.where(flip, torch.randint(0, 3, (n,), generator=g), y)
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(3)
+    X, y = _noisy(20, g)
+    X_val, y_val = _noisy(40, g)
+    return X, y, X_val, y_val
+
+
+def _targets(y, loss):
+    return y if loss == "cross_entropy" else torch.nn.functional.one_hot(y, 3).double()
+
+
+def _fit_and_train(data, loss, params, **extra):
+    X, y, X_val, y_val = data
+    t, t_val = _targets(y, loss), _targets(y_val, loss)
+    model = RandomFeatureHead(n_features=60)
+    ttp = TrainingTimePredictor(model, loss=loss, n_steps=T, n_paths=1, random_state=0,
+                                trust_check=False, **params, **extra)
+    ttp.fit(X, t, eval_set=(X_val, t_val))
+    real = run_real_training(model, X, t, loss=loss, n_steps=T, seed=ttp.dataloader_seed(0),
+                             eval_set=(X_val, t_val), **params, **extra)
+    return ttp, real
+
+
+@pytest.mark.parametrize("loss,kind", sorted(SETTINGS))
+def test_eval_curves_equal_real_training(data, loss, kind):
+    ttp, real = _fit_and_train(data, loss, SETTINGS[loss, kind])
+    assert_allclose(ttp.predict_curve(on="eval"), real.eval_loss, rtol=1e-10, atol=1e-13)
+    assert_allclose(ttp.predict_curve("error", on="eval"), real.eval_error, atol=1e-9)
+    assert_allclose(ttp.predict_curve(), real.loss, rtol=1e-10, atol=1e-13)  # train unchanged
+    best = ttp.predict_best_step()
+    assert best.step == int(np.argmin(real.eval_loss))
+    assert 0 < best.step < T  # the held-out loss turns upward: the test is not vacuous
+    assert_allclose(best.value, real.eval_loss.min(), rtol=1e-10)
+    assert ttp.predict_best_step("error").step == int(np.argmin(real.eval_error))
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_eval_curves_with_weight_decay_and_scheduler(data, loss):
+    params = dict(SETTINGS[loss, "sgd"], weight_decay=0.05, nesterov=True,
+                  lr_scheduler=functools.partial(CosineAnnealingLR, T_max=T))
+    ttp, real = _fit_and_train(data, loss, params)
+    assert_allclose(ttp.predict_curve(on="eval"), real.eval_loss, rtol=1e-10, atol=1e-13)
+    assert_allclose(ttp.predict_curve("error", on="eval"), real.eval_error, atol=1e-9)
+    assert ttp.predict_best_step().step == int(np.argmin(real.eval_loss))
+
+
+@pytest.mark.parametrize("kind", ["gd", "sgd"])
+def test_refresh_with_eval_set_equals_plain_prediction(data, kind):
+    params = dict(SETTINGS["cross_entropy", kind], weight_decay=0.02)
+    ttp, _ = _fit_and_train(data, "cross_entropy", params)
+    plain = ttp.predict_curve(on="eval")
+    refreshed = ttp.predict_curve(on="eval", refresh_steps=7)
+    assert_allclose(refreshed, plain, rtol=1e-9, atol=1e-12)
+    assert_allclose(ttp.predict_curve("error", on="eval", refresh_steps=7),
+                    ttp.predict_curve("error", on="eval"), atol=1e-9)
+
+
+def test_eval_time_band_and_solvers(data):
+    ttp, _ = _fit_and_train(data, "cross_entropy", dict(SETTINGS["cross_entropy", "sgd"]))
+    band = ttp.predict_curve(on="eval", return_band=True, n_paths=4)
+    assert band.paths.shape == (4, T + 1)
+    assert np.all(band.lower <= band.upper)
+    assert 0 <= ttp.predict_time(eps=0.05, on="eval") <= T
+    flow = ttp.predict_curve(on="eval", solver="ode", batch_size=None, lr=0.03, momentum=0.0)
+    gd = ttp.predict_curve(on="eval", batch_size=None, lr=0.03, momentum=0.0)
+    assert_allclose(flow, gd, rtol=0.05)  # small lr: the flow is close to GD
+    with pytest.raises(ValueError, match="solver='sde' cannot predict held-out"):
+        ttp.predict_curve(on="eval", solver="sde")
+    ttp.predict_curve(solver="sde", sde_noise="full", n_paths=2)  # its train curve works
+
+
+def test_fit_with_eval_set_leaves_the_model_untouched(data):
+    X, y, X_val, y_val = data
+    model = RandomFeatureHead(n_features=60)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ttp = TrainingTimePredictor(model, weight_decay=0.01, momentum=0.5, n_steps=10,
+                                trust_check=False).fit(X, y, eval_set=(X_val, y_val))
+    ttp.predict_curve(on="eval", refresh_steps=3)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_on_eval_needs_an_eval_set(data):
+    X, y, _, _ = data
+    ttp = TrainingTimePredictor(RandomFeatureHead(), n_steps=5, trust_check=False).fit(X, y)
+    assert ttp.eval_f0_ is None and ttp.n_eval_samples_ == 0
+    with pytest.raises(NotFittedError, match="eval_set"):
+        ttp.predict_curve(on="eval")
+    with pytest.raises(ValueError, match="on='val'"):
+        ttp.predict_curve(on="val")
+
+
+def test_projected_cross_kernel_uses_the_training_projection(data):
+    X, y, X_val, y_val = data
+    model = RandomFeatureHead(n_features=60)
+    params = dict(projection="gaussian", projection_dim=32, random_state=1, trust_check=False)
+    ttp = TrainingTimePredictor(model, **params).fit(X, y, eval_set=(X_val, y_val))
+    both = TrainingTimePredictor(model, **params).fit(torch.cat([X, X_val]),
+                                                      torch.cat([y, y_val]))
+    n = 3 * len(X)
+    assert_allclose(ttp.cross_ntk_, both.ntk_[:n, n:], rtol=1e-10, atol=1e-12)
+    assert_allclose(ttp.ntk_, both.ntk_[:n, :n], rtol=1e-10, atol=1e-12)
+
+
+def test_cross_kernel_respects_max_memory(data):
+    X, y, X_val, y_val = data
+    rows = 3 * len(X)
+    budget = rows * rows * 8 * 2  # Θ fits, the joint kernel does not
+    ttp = TrainingTimePredictor(RandomFeatureHead(), max_memory=budget, trust_check=False)
+    ttp.fit(X, y)
+    with pytest.raises(MemoryBudgetError, match=r"cross-kernel Θ\(train, eval\).*max_memory"):
+        ttp.fit(X, y, eval_set=(X_val, y_val))
+
+
+def test_compare_with_real_scores_the_eval_curves(data):
+    from sktt.validation import compare_with_real
+
+    ttp, real = _fit_and_train(data, "cross_entropy", dict(SETTINGS["cross_entropy", "sgd"]))
+    X, y, _, _ = data
+    res = compare_with_real(ttp, X, y, eps=0.05)
+    assert_allclose(res.predicted_curves["eval_loss"], real.eval_loss, rtol=1e-10)
+    assert_allclose(res.real_runs[0].eval_loss, real.eval_loss, rtol=1e-12)
+    assert res.predicted_best_step == res.real_best_steps[0] == int(np.argmin(real.eval_loss))
+    assert res.summary()["predicted_best_step"] == res.predicted_best_step
+    assert res.evaluate(metric="error").real_best_steps[0] == int(np.argmin(real.eval_error))
+
+
+def test_compare_table_has_eval_columns(data):
+    from sktt import compare
+
+    X, y, X_val, y_val = data
+    result = compare(RandomFeatureHead(n_features=60),
+                     {"quad": (X, y, X_val, y_val), "dict": {"X": X, "y": y,
+                                                            "eval_set": (X_val, y_val)},
+                      "none": (X, y)},
+                     {"lr": [0.03]}, n_steps=T, random_state=0, trust_check=False)
+    rows = {r["dataset"]: r for r in result._rows}
+    ttp, _ = _fit_and_train(data, "cross_entropy", dict(SETTINGS["cross_entropy", "gd"]))
+    best = ttp.predict_best_step()
+    for name in ("quad", "dict"):
+        assert rows[name]["best_step"] == best.step
+        assert_allclose(rows[name]["best_eval_loss"], best.value, rtol=1e-10)
+    assert np.isnan(rows["none"]["best_step"])
+
+
+def test_cli_eval_data(tmp_path, capsys):
+    from sktt.cli import main
+    from sktt.datasets import load_demo
+
+    demo = load_demo(90)
+    np.savez(tmp_path / "train.npz", X=demo.X[:60].numpy(), y=demo.y[:60].numpy())
+    np.savez(tmp_path / "val.npz", X=demo.X[60:].numpy(), y=demo.y[60:].numpy())
+    torch.jit.save(torch.jit.script(demo.model), str(tmp_path / "model.pt"))
+    args = [str(tmp_path / "model.pt"), str(tmp_path / "train.npz"), "--eval-data",
+            str(tmp_path / "val.npz"), "--n-steps", "20", "--lr", "0.05", "--threads", "1",
+            "--no-trust"]
+    assert main(["predict", *args, "--no-seconds"]) == 0
+    out = capsys.readouterr().out
+    assert "best step" in out and "eval loss" in out
+    assert main(["validate", *args]) == 0
+    assert "real best" in capsys.readouterr().out
+
+
+def test_held_out_display_marks_the_best_step(data):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from sktt.plotting import HeldOutCurveDisplay
+
+    ttp, real = _fit_and_train(data, "cross_entropy", dict(SETTINGS["cross_entropy", "sgd"]))
+    disp = HeldOutCurveDisplay.from_estimator(ttp, real=real)
+    assert disp.best_step_ == ttp.predict_best_step().step
+    assert disp.real_best_step_ == int(np.argmin(real.eval_loss))
+    assert {"train", "eval", "real train", "real eval"} <= set(disp.lines_)
+    with pytest.raises(ValueError, match="no held-out curves"):
+        plain = TrainingTimePredictor(RandomFeatureHead(), n_steps=5, trust_check=False)
+        from sktt.validation import compare_with_real
+        X, y, _, _ = data
+        HeldOutCurveDisplay.from_validation(compare_with_real(plain.fit(X, y), X, y))
