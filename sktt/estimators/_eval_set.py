@@ -33,14 +33,13 @@ paths.
 """
 
 import numpy as np
-import torch
 from sklearn.utils import Bunch
 from sklearn.utils.validation import check_is_fitted
 
 from ..dynamics import check_targets
 from ..exceptions import MemoryBudgetError, NotFittedError
 from ..gradients import as_inputs, ntk_from_model
-from ..gradients._inputs import n_samples_of
+from ..gradients._inputs import ModelInputs, as_model_inputs, inputs_to, n_samples_of
 from ..utils import format_bytes
 
 __all__ = ["EvalSetMixin", "check_eval_set", "concat_inputs", "joint_ntk"]
@@ -49,7 +48,8 @@ ON = ("train", "eval")
 
 
 def _as_tuple(inputs):
-    return inputs if isinstance(inputs, tuple) else (inputs,)
+    """The input tensors, positional then keyword, as ``(name, tensor)`` pairs."""
+    return as_model_inputs(inputs).tensors()
 
 
 def check_eval_set(eval_set, train_inputs, *, loss, n_outputs, float_dtype):
@@ -78,9 +78,8 @@ def check_eval_set(eval_set, train_inputs, *, loss, n_outputs, float_dtype):
     if len(train) != len(held):
         raise ValueError(f"eval_set: X_val has {len(held)} input tensor(s) but X has "
                          f"{len(train)}; accepted: the same inputs as X.")
-    for i, (a, b) in enumerate(zip(train, held)):
+    for (name, a), (_, b) in zip(train, held):
         if tuple(a.shape[1:]) != tuple(b.shape[1:]):
-            name = "X" if len(train) == 1 else f"X[{i}]"
             raise ValueError(f"eval_set: X_val has per-sample shape {tuple(b.shape[1:])} but "
                              f"{name} has {tuple(a.shape[1:])}; accepted: held-out inputs shaped "
                              "like the training inputs.")
@@ -95,10 +94,10 @@ def check_eval_set(eval_set, train_inputs, *, loss, n_outputs, float_dtype):
 
 
 def concat_inputs(a, b):
-    """Rows of ``a`` then rows of ``b`` (tensors, or tuples of tensors of the same length)."""
-    if isinstance(a, tuple):
-        return tuple(torch.cat([x, y.to(x.device)]) for x, y in zip(a, b))
-    return torch.cat([a, b.to(a.device)])
+    """Rows of ``a`` then rows of ``b`` (inputs of the same structure), on ``a``'s device."""
+    a = as_model_inputs(a)
+    device = a.tensors()[0][1].device
+    return ModelInputs.concat([a, inputs_to(as_model_inputs(b), device)])
 
 
 def joint_ntk(model, inputs, eval_inputs, names, *, n_outputs, max_memory, **extraction):
