@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from ..dynamics import epsilon_training_time, smooth_curve
+from ..dynamics import check_eps, epsilon_training_time, smooth_curve
 from ..gradients._inputs import as_inputs
 from ..utils import check_choice, check_int, derive_seed
 from ..utils._torch import model_device_dtype
@@ -297,12 +297,8 @@ def _nan_to_none(a):
 
 
 def _check_eps(eps):
-    values = np.atleast_1d(np.asarray(eps, dtype=np.float64))
-    bad = len(values) == 0 or not np.all(np.isfinite(values)) or np.any(values <= 0)
-    if values.ndim != 1 or bad:
-        raise ValueError(f"eps={eps!r} is invalid; accepted: a finite number > 0 or a non-empty "
-                         "1-D array of them.")
-    return values
+    """ε as a 1-D array (one column per value), validated by the one rule of the dynamics."""
+    return np.atleast_1d(check_eps(eps))
 
 
 def _check_smooth(smooth):
