@@ -55,7 +55,8 @@ import numbers
 import numpy as np
 
 from ..utils._threads import single_threaded_blas
-from ._losses import loss_value_and_gradient, train_error
+from ._curves import CurveRecorder
+from ._losses import loss_value_and_gradient
 
 __all__ = ["check_adamw_params", "simulate_adamw"]
 
@@ -248,34 +249,18 @@ def simulate_adamw(rows, w0, F0, targets, *, loss, lrs, n_steps=None, betas=(0.9
         m[:] = np.asarray(state["exp_avg"], dtype=np.float64).reshape(-1)
         v[:] = np.asarray(state["exp_avg_sq"], dtype=np.float64).reshape(-1)
         step0 = int(state["step"])
-    losses = np.full((n_paths, n_steps + 1), np.nan)
-    errors = None if labels is None else np.full((n_paths, n_steps + 1), np.nan)
-    eval_losses = np.full((n_paths, n_steps + 1), np.nan) if has_eval else None
-    eval_errors = np.full((n_paths, n_steps + 1), np.nan) if has_eval and eval_labels is not None \
-        else None
-    diverged_at = np.full(n_paths, -1)
+    curves = CurveRecorder(n_paths, n_steps, targets, loss, labels,
+                           eval_targets if has_eval else None, eval_labels)
     out_offsets = np.arange(c)
 
     with np.errstate(over="ignore", invalid="ignore"):
         for t in range(n_steps + 1):
             delta = (w - w0).T  # (D, P)
             F = F0 + _apply(rows, delta).T.reshape(n_paths, n, c)
-            losses[:, t], grad = loss_value_and_gradient(F, targets, loss)
-            if errors is not None:
-                errors[:, t] = train_error(F, labels)
-            if has_eval:
-                F_val = eval_F0 + _apply(eval_rows, delta).T.reshape(n_paths, -1, c)
-                eval_losses[:, t] = loss_value_and_gradient(F_val, eval_targets, loss)[0]
-                if eval_errors is not None:
-                    eval_errors[:, t] = train_error(F_val, eval_labels)
-            if t > 0:
-                bad = ~np.isfinite(losses[:, t]) & (diverged_at < 0)
-                if bad.any():
-                    diverged_at[bad] = t
-                    if np.all(diverged_at >= 0):
-                        losses[:, t:] = np.inf
-                        break
-            if t == n_steps:
+            F_val = (eval_F0 + _apply(eval_rows, delta).T.reshape(n_paths, -1, c)
+                     if has_eval else None)
+            grad = curves.record(t, F, F_val)
+            if (t > 0 and curves.all_diverged(t)) or t == n_steps:
                 break
             if batches is None:
                 g = _apply_transpose(rows, grad.reshape(n_paths, n * c))
@@ -295,7 +280,6 @@ def simulate_adamw(rows, w0, F0, targets, *, loss, lrs, n_steps=None, betas=(0.9
             step_size = lr / (1.0 - beta1**step)
             denom = np.sqrt(v) / (1.0 - beta2**step) ** 0.5 + eps
             w -= step_size * (m / denom)
-    out = {"loss": losses, "error": errors, "diverged_at": diverged_at, "weights": w}
-    if has_eval:
-        out["eval_loss"], out["eval_error"] = eval_losses, eval_errors
+    out = curves.result()
+    out["weights"] = w
     return out

@@ -102,7 +102,8 @@ import numpy as np
 
 from ..utils._threads import single_threaded_blas
 from ._adamw import check_adamw_params
-from ._losses import loss_value_and_gradient, train_error
+from ._curves import CurveRecorder
+from ._losses import loss_value_and_gradient
 
 __all__ = ["PreconditionedKernels", "RESCALE_MODES", "adamw_kernels", "simulate_adamw_kernel"]
 
@@ -251,24 +252,13 @@ def simulate_adamw_kernel(precond_kernels, F0, targets, *, loss, lrs, n_steps=No
     F = np.repeat(F0[None], n_paths, axis=0)
     A = np.zeros((n_groups, n_paths, n * c))
     ema = np.zeros((n_groups, n_paths))
-    losses = np.full((n_paths, n_steps + 1), np.nan)
-    errors = None if labels is None else np.full((n_paths, n_steps + 1), np.nan)
-    diverged_at = np.full(n_paths, -1)
+    curves = CurveRecorder(n_paths, n_steps, targets, loss, labels)
     out_offsets = np.arange(c)
 
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for t in range(n_steps + 1):
-            losses[:, t], grad = loss_value_and_gradient(F, targets, loss)
-            if errors is not None:
-                errors[:, t] = train_error(F, labels)
-            if t > 0:
-                bad = ~np.isfinite(losses[:, t]) & (diverged_at < 0)
-                if bad.any():
-                    diverged_at[bad] = t
-                    if np.all(diverged_at >= 0):
-                        losses[:, t:] = np.inf
-                        break
-            if t == n_steps:
+            grad = curves.record(t, F)
+            if (t > 0 and curves.all_diverged(t)) or t == n_steps:
                 break
             lr, step = lrs[t], t + 1
             scale = np.ones((n_groups, n_paths))
@@ -298,4 +288,4 @@ def simulate_adamw_kernel(precond_kernels, F0, targets, *, loss, lrs, n_steps=No
                 F -= lr * weight_decay * (F - F0 + jw0)
             step_size = lr / (1.0 - beta1**step)
             F -= step_size * np.einsum("gp,gpi->pi", scale, A).reshape(n_paths, n, c)
-    return {"loss": losses, "error": errors, "diverged_at": diverged_at}
+    return curves.result()

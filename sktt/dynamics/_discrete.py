@@ -25,7 +25,8 @@ each step costs ``O(P · b·C · (N + N_eval)·C)`` through the kernel operator
 import numpy as np
 
 from ..utils._threads import single_threaded_blas
-from ._losses import loss_gradient, loss_value_and_gradient, train_error
+from ._curves import CurveRecorder
+from ._losses import loss_gradient
 
 __all__ = ["simulate_discrete", "check_batches"]
 
@@ -97,49 +98,25 @@ def simulate_discrete(kernel, problem, recipe, *, batches=None, momentum_buffer=
     A = None
     if momentum_buffer is not None and recipe.momentum > 0:
         A = np.repeat(np.asarray(momentum_buffer, dtype=np.float64).reshape(1, -1), n_paths, 0)
-    targets, labels = problem.targets, problem.labels
-    losses = np.full((n_paths, n_steps + 1), np.nan)
-    errors = None if labels is None else np.full((n_paths, n_steps + 1), np.nan)
-    eval_losses = eval_errors = None
-    if n_eval:
-        eval_losses = np.full((n_paths, n_steps + 1), np.nan)
-        if problem.eval_labels is not None:
-            eval_errors = np.full((n_paths, n_steps + 1), np.nan)
-    diverged_at = np.full(n_paths, -1)
+    curves = CurveRecorder(n_paths, n_steps, problem.targets, problem.loss, problem.labels,
+                           problem.eval_targets if n_eval else None, problem.eval_labels)
 
     with np.errstate(over="ignore", invalid="ignore"):
         for t in range(n_steps + 1):
             F_train = F[:, :n]
             # loss and full-batch gradient share one softmax at F_t
-            losses[:, t], grad = loss_value_and_gradient(F_train, targets, problem.loss)
-            if errors is not None:
-                errors[:, t] = train_error(F_train, labels)
-            if n_eval:
-                eval_losses[:, t] = loss_value_and_gradient(F[:, n:], problem.eval_targets,
-                                                            problem.loss)[0]
-                if eval_errors is not None:
-                    eval_errors[:, t] = train_error(F[:, n:], problem.eval_labels)
-            if t > 0:
-                bad = ~np.isfinite(losses[:, t]) & (diverged_at < 0)
-                if bad.any():
-                    diverged_at[bad] = t
-                    if np.all(diverged_at >= 0):
-                        losses[:, t:] = np.inf
-                        if n_eval:
-                            eval_losses[:, t:] = np.inf
-                        break
-            if t == n_steps:
+            grad = curves.record(t, F_train, F[:, n:] if n_eval else None)
+            if (t > 0 and curves.all_diverged(t)) or t == n_steps:
                 break
             if batches is None:
                 U = kernel.full_product(grad.reshape(n_paths, -1))
             else:
                 idx = batches[t]  # (P, b)
                 grad_b = loss_gradient(np.take_along_axis(F_train, idx[:, :, None], axis=1),
-                                       targets[idx], problem.loss)  # (P, b, C)
+                                       problem.targets[idx], problem.loss)  # (P, b, C)
                 U = kernel.batch_product(grad_b, idx)
             if anchor is not None:  # J·(λw) = λ(F − F0 + Φ0)
                 U += wd * (F.reshape(n_paths, -1) + anchor)
             step, A = recipe.direction(U, A)
             F -= lrs[t] * step.reshape(n_paths, n_all, c)
-    return {"loss": losses, "error": errors, "eval_loss": eval_losses, "eval_error": eval_errors,
-            "diverged_at": diverged_at}
+    return curves.result()
