@@ -117,3 +117,67 @@ def test_lanczos_lambda_max_matches_eigh(shape):
     exact = ntk_eigh(r64 @ r64.T)[0][0]
     assert_allclose(FactoredKernel(rows, c).lambda_max, exact, rtol=1e-9)
     assert_allclose(DenseKernel(r64 @ r64.T, c).lambda_max, exact, rtol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from sktt.datasets import load_demo
+
+    return load_demo(n_samples=40)
+
+
+@pytest.mark.parametrize("params", [dict(lr=0.05), dict(lr=0.005, batch_size=8, n_paths=3),
+                                    dict(lr=0.001, momentum=0.9, nesterov=True, batch_size=8,
+                                         weight_decay=0.01, n_paths=2)])
+def test_estimator_dense_and_factored_agree(demo, params):
+    common = dict(projection="countsketch", projection_dim=256, n_steps=30, random_state=0,
+                  trust_check=False, **params)
+    dense = TrainingTimePredictor(demo.model, ntk="dense", **common).fit(demo.X, demo.y)
+    fact = TrainingTimePredictor(demo.model, ntk="factored", **common).fit(demo.X, demo.y)
+    assert (dense.ntk_mode_, fact.ntk_mode_) == ("dense", "factored")
+    assert "_eigh" not in vars(fact) and fact._kernel._eigh is None  # nothing decomposed
+    assert_allclose(fact.projected_jacobian_, dense.projected_jacobian_)
+    a, b = dense.predict_curve(return_band=True), fact.predict_curve(return_band=True)
+    for key in ("mean", "lower", "upper", "paths"):
+        assert_allclose(b[key], a[key], rtol=1e-9, err_msg=key)
+    assert_allclose(fact.predict_curve("error"), dense.predict_curve("error"), rtol=1e-9)
+    eps = [0.01, 0.05]
+    assert_allclose(fact.predict_time(eps=eps), dense.predict_time(eps=eps))
+    # Θ on request equals the dense one; the spectrum is lazily computed
+    assert_allclose(fact.ntk_, dense.ntk_, rtol=1e-12)
+    assert_allclose(fact.eigenvalues_[:5], dense.eigenvalues_[:5], rtol=1e-9)
+
+
+def test_trust_on_factored_form(demo):
+    common = dict(projection="countsketch", projection_dim=256, n_steps=30, random_state=0,
+                  lr=0.005, batch_size=8, n_paths=2)
+    dense = TrainingTimePredictor(demo.model, ntk="dense", **common).fit(demo.X, demo.y)
+    fact = TrainingTimePredictor(demo.model, ntk="factored", **common).fit(demo.X, demo.y)
+    for attr in ("linearity_score_", "kernel_lambda_ratio_", "stability_ratio_"):
+        assert_allclose(getattr(fact, attr), getattr(dense, attr), rtol=1e-6, err_msg=attr)
+    assert fact.trust_.level == dense.trust_.level
+
+
+def test_auto_mode_and_memory_errors(demo):
+    ttp = TrainingTimePredictor(demo.model, projection="countsketch", projection_dim=64,
+                                n_steps=50, trust_check=False, random_state=0)
+    assert ttp.fit(demo.X, demo.y).ntk_mode_ == "dense"  # N·C <= 50·16: forming Θ pays
+    assert ttp.set_params(n_steps=5).fit(demo.X, demo.y).ntk_mode_ == "factored"
+    big = ttp.set_params(n_steps=50, max_memory=600_000)  # rows fit, Θ not in half the budget
+    assert big.fit(demo.X, demo.y).ntk_mode_ == "factored"
+    with pytest.raises(ValueError, match="ntk='factored'.*needs a projection"):
+        TrainingTimePredictor(demo.model, ntk="factored").fit(demo.X, demo.y)
+    with pytest.raises(ValueError, match="ntk"):
+        TrainingTimePredictor(demo.model, ntk="sparse").fit(demo.X, demo.y)
+    with pytest.raises(MemoryBudgetError, match=r"Θ for N=40 .*ntk='factored'.*GramSpectrum"):
+        TrainingTimePredictor(demo.model, max_memory=1000).fit(demo.X, demo.y)
+    with pytest.raises(MemoryBudgetError, match=r"projected Jacobian .*projection_dim"):
+        TrainingTimePredictor(demo.model, projection="countsketch", projection_dim=64,
+                              ntk="factored", max_memory=1000).fit(demo.X, demo.y)
+    # a prediction whose paths do not fit next to the rows
+    fitted = TrainingTimePredictor(demo.model, projection="countsketch", projection_dim=64,
+                                   ntk="factored", n_steps=5, trust_check=False,
+                                   random_state=0).fit(demo.X, demo.y)
+    fitted.set_params(max_memory=2 * 1024**2)
+    with pytest.raises(MemoryBudgetError, match=r"paths × 100000 steps.*n_paths"):
+        fitted.predict_curve(n_steps=100000, batch_size=4, n_paths=4)

@@ -41,9 +41,9 @@ somewhat below it.
 """
 
 import numpy as np
-from scipy.sparse.linalg import LinearOperator, eigsh
 from scipy.special import softmax
 
+from ..gram._kernels import top_eigenvalue
 from ..utils._threads import single_threaded_blas
 from ._losses import loss_gradient, mse_curvature
 
@@ -54,10 +54,18 @@ __all__ = ["batch_curvature", "linear_displacement", "stability_ratio"]
 def linear_displacement(kernel, problem, recipe, *, batches=None, record_steps=()):
     r"""Coefficients :math:`(c_T, \alpha_T)` of the weight displacement :math:`J^\top c_T + \alpha_T w_0`.
 
+    The recursion runs on the state :math:`(c, \alpha, \phi)` with
+    :math:`\phi` the kernel's image of :math:`c` — :math:`\Theta c` for a
+    :class:`~sktt.gram.DenseKernel`, :math:`\tilde J^\top c` (D0-dim) for a
+    :class:`~sktt.gram.FactoredKernel` — updated through the batch's rows only
+    (``O(b·C·N·C)`` resp. ``O(b·C·D0)`` per step, plus ``O(N·C)`` for
+    :math:`c`); the outputs are :math:`F = F_0 + \Theta c + \alpha\Phi_0`.
+
     Parameters
     ----------
-    kernel : DenseKernel
+    kernel : DenseKernel or FactoredKernel
     problem : LinearizedProblem
+        Training rows only (held-out rows do not move the weights).
     recipe : TrainingRecipe
     batches : list of ndarray of shape (1, b) or (b,), optional
         One path of batch indices per step; None = full batch.
@@ -73,46 +81,69 @@ def linear_displacement(kernel, problem, recipe, *, batches=None, record_steps=(
     recorded : dict of int to (ndarray (N, C), ndarray (N, C))
         :math:`(F_t, c_t)` at the requested steps (and ``{}`` if none).
     """
-    F0 = problem.f0
+    F0 = problem.f0.astype(np.float64)
     n, c = F0.shape
-    ntk = kernel.ntk
+    nc = n * c
+    factored = getattr(kernel, "factored", False)
+    width = kernel.dim if factored else nc  # size of the image φ
     wd = recipe.weight_decay
-    jw0 = problem.jw0.ravel() if wd else np.zeros(n * c)
+    jw0 = problem.jw0.reshape(n, c) if wd else np.zeros((n, c))
     lrs = recipe.learning_rates
-    state = np.zeros(n * c + 1)  # (c, α)
+    state = np.zeros(nc + 1 + width)  # (c, α, φ)
+    decay_anchor = np.zeros_like(state)
+    decay_anchor[nc] = 1.0  # λw = λ(Jᵀc + (1 + α) w0): the image of λc is λφ
     buffer = None
-    F = F0.astype(np.float64).copy()
+
+    def outputs(idx=None):
+        """F on the samples idx (None: all) at the current state."""
+        alpha, phi = state[nc], state[nc + 1:]
+        if idx is None:
+            moved = kernel.apply(phi[None])[0, :nc] if factored else phi
+            return F0 + moved.reshape(n, c) + alpha * jw0
+        if factored:
+            moved = kernel.gather(idx) @ phi
+        else:
+            moved = phi.reshape(n, c)[idx].ravel()
+        return F0[idx] + moved.reshape(len(idx), c) + alpha * jw0[idx]
+
+    def image(g, idx):
+        """The kernel's image of the coefficient update g (on the samples idx)."""
+        if idx is None:
+            flat = g.reshape(1, -1)
+            return (kernel.transpose_product(flat) if factored else
+                    kernel.full_product(flat)[:, :nc])[0]
+        if factored:
+            return kernel.batch_transpose_product(g[None], idx[None])[0]
+        return kernel.batch_product(g[None], idx[None])[0, :nc]
+
     wanted = set(int(s) for s in record_steps)
-    recorded = {0: (F.copy(), state[:-1].reshape(n, c).copy())} if 0 in wanted else {}
+    recorded = {0: (F0.copy(), np.zeros((n, c)))} if 0 in wanted else {}
     with np.errstate(over="ignore", invalid="ignore"):
         for t in range(recipe.n_steps):
-            g = np.zeros((n, c))
+            update = np.zeros_like(state)
             if batches is None:
-                g[:] = loss_gradient(F, problem.targets, problem.loss)
+                g = loss_gradient(outputs(), problem.targets, problem.loss)
+                update[:nc] = g.ravel()
+                update[nc + 1:] = image(g, None)
             else:
                 idx = np.asarray(batches[t]).reshape(-1)
-                g[idx] = loss_gradient(F[idx], problem.targets[idx], problem.loss)
-            update = np.concatenate([g.ravel(), [0.0]])
-            if wd:  # λw = λ(Jᵀc + (1 + α) w0)
-                update[:-1] += wd * state[:-1]
-                update[-1] += wd * (1.0 + state[-1])
+                g = loss_gradient(outputs(idx), problem.targets[idx], problem.loss)
+                update[:nc].reshape(n, c)[idx] = g
+                update[nc + 1:] = image(g, idx)
+            if wd:
+                update += wd * (state + decay_anchor)
             step, buffer = recipe.direction(update, buffer)
             state -= lrs[t] * step
-            F = F0 + (ntk @ state[:-1]).reshape(n, c) + state[-1] * jw0.reshape(n, c)
             if t + 1 in wanted:
-                recorded[t + 1] = (F.copy(), state[:-1].reshape(n, c).copy())
-            if not np.all(np.isfinite(F)):
+                recorded[t + 1] = (outputs(), state[:nc].reshape(n, c).copy())
+            if not np.all(np.isfinite(state)):
                 break
-    return state[:-1].reshape(n, c), float(state[-1]), recorded
+    return state[:nc].reshape(n, c), float(state[nc]), recorded
 
 
 def _top_eig(matvec, dim):
-    """Largest eigenvalue of a symmetric PSD operator (Lanczos; dense below 64 rows)."""
-    if dim <= 64:
-        return float(np.linalg.eigvalsh(np.column_stack([matvec(e) for e in np.eye(dim)]))[-1])
-    op = LinearOperator((dim, dim), matvec=matvec, dtype=np.float64)
-    v0 = np.full(dim, 1.0 / np.sqrt(dim))  # deterministic start
-    return float(eigsh(op, k=1, which="LA", tol=1e-4, v0=v0, return_eigenvectors=False)[0])
+    """Largest eigenvalue of a symmetric PSD operator (Lanczos to 1e-4; dense below 64 rows)."""
+    return top_eigenvalue(matvec, dim, tol=1e-4)
 
 
 def batch_curvature(kernel, F, targets, loss, idx):
@@ -150,7 +181,7 @@ def stability_ratio(kernel, outputs, targets, *, loss, recipe, batches=None, max
 
     Parameters
     ----------
-    kernel : DenseKernel
+    kernel : DenseKernel or FactoredKernel
     outputs : list of ndarray of shape (N, C)
         Points of the predicted trajectory to evaluate the curvature at (for
         cross-entropy it depends on the outputs; the maximum is used).

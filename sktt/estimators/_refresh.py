@@ -38,7 +38,6 @@ import torch
 from ..dynamics import loss_value, simulate, train_error
 from ..gradients import model_outputs, ntk_from_model
 from ..gradients._probes import JacobianOperator
-from ..gram import DenseKernel
 from ..training import run_steps, torch_targets
 from ..utils import parse_memory
 from ..utils._torch import model_untouched
@@ -153,12 +152,14 @@ def refreshed_curves(est, setting):
     t1 = time.perf_counter()
     F_k = F_real[-1]
     with model_untouched(net) as net_eval:
-        ntk_k, _ = ntk_from_model(
+        ntk_k, rows_k = ntk_from_model(
             net_eval, state["inputs"], state["names"], n_outputs=est.n_outputs_,
             projection=est.projection, projection_dim=est.projection_dim, seed=est.seed_,
             chunk_size=est.chunk_size, n_jobs=est.n_jobs,
             max_memory=parse_memory("max_memory", est.max_memory), verbose=est.verbose,
-            jacobian_method=getattr(est, "jacobian_method", "auto"))
+            jacobian_method=getattr(est, "jacobian_method", "auto"),
+            form_ntk=getattr(est, "ntk_mode_", "dense") == "dense")
+        kernel_k = est._make_kernel(ntk_k, rows_k, est.n_outputs_)
         named = dict(net_eval.named_parameters(remove_duplicate=False))
         operator = JacobianOperator(net_eval, state["names"], state["inputs"],
                                     chunk_size=est.chunk_size or 256)
@@ -169,14 +170,14 @@ def refreshed_curves(est, setting):
         if recipe.weight_decay > 0:
             jw_k = operator.jvp({n: named[n].detach() for n in state["names"]})
     info["seconds_relinearise"] = time.perf_counter() - t1
-    info["kernel_trace_ratio"] = float(np.trace(ntk_k) / np.trace(est.ntk_))
+    info["kernel_trace_ratio"] = float(kernel_k.trace() / est._kernel.trace())
     rest = T - k
     schedule = recipe.learning_rates[k:]
     rest_recipe = recipe.replace(n_steps=rest, lr_schedule=schedule)
     # every path continues from the measured state with its own batch order; the
     # real steps followed path 0 (the order of ``dataloader_seed(0)``)
     rest_batches = None if full_batches is None or solver != "discrete" else full_batches[k:]
-    sim = simulate(DenseKernel(ntk_k, est.n_outputs_), problem.with_outputs(F_k, jw0=jw_k),
+    sim = simulate(kernel_k, problem.with_outputs(F_k, jw0=jw_k),
                    rest_recipe, batches=rest_batches,
                    momentum_buffer=A_k if solver == "discrete" else None)
     measured = {"loss": real_loss, "error": real_error}

@@ -259,8 +259,7 @@ def compute_trust(est, recipe):
         delta = {k: delta[k] + alpha * w0[k].to(torch.float64) for k in w0}
         w1 = {k: (w0[k].to(torch.float64) + delta[k]) for k in w0}
         sub = _probe_samples(est)
-        rows = (sub[:, None] * c + np.arange(c)).ravel()
-        theta0 = est.ntk_[np.ix_(rows, rows)]
+        theta0 = est._kernel.block(sub)
         theta1 = _subset_kernel(est, w1, sub)
     finite1 = bool(np.all(np.isfinite(theta1)))  # the displaced weights may overflow the model
     tr0 = float(np.trace(theta0))
@@ -401,7 +400,7 @@ class TrustMixin:
             With ``refresh`` filled in when a closed-loop refresh applies to
             these settings (its real steps are run if not done yet).
         """
-        check_is_fitted(self, "ntk_")
+        check_is_fitted(self, "f0_")
         if not self._has_trust_state():
             raise ValueError("the trust diagnostic differentiates the model at other weights; "
                              "a predictor fitted with model='precomputed' has no model. Fit "
