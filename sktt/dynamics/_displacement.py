@@ -150,9 +150,13 @@ def batch_curvature(kernel, F, targets, loss, idx):
     """h = λ_max of H_B^{1/2} Θ_BB H_B^{1/2} for the samples ``idx`` at outputs ``F``."""
     n, c = F.shape
     b = len(idx)
-    K = kernel.block(idx)
+    if getattr(kernel, "factored", False) and np.array_equal(idx, np.arange(n)):
+        product = kernel.matvec  # every sample: products through the rows, Θ never formed
+    else:
+        K = kernel.block(idx)
+        product = K.__matmul__
     if loss == "mse":
-        return mse_curvature(b * c) * _top_eig(lambda v: K @ v, b * c)
+        return mse_curvature(b * c) * _top_eig(product, b * c)
     p = softmax(F[idx], axis=-1)  # (b, C)
     # H_B^{1/2}: per-sample symmetric square root of diag(p) - p pᵀ, over sqrt(b)
     blocks = np.einsum("bc,cd->bcd", p, np.eye(c)) - p[:, :, None] * p[:, None, :]
@@ -162,7 +166,7 @@ def batch_curvature(kernel, F, targets, loss, idx):
     def apply_sqrt(v):
         return np.einsum("bcd,bd->bc", sqrt_h, v.reshape(b, c)).ravel()
 
-    return _top_eig(lambda v: apply_sqrt(K @ apply_sqrt(v)), b * c)
+    return _top_eig(lambda v: apply_sqrt(product(apply_sqrt(v))), b * c)
 
 
 def max_curvature(kernel, outputs, targets, loss, *, batches=None, max_batches=4):
