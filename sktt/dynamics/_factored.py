@@ -135,13 +135,13 @@ def simulate_factored(kernel, problem, recipe, *, batches=None, momentum_buffer=
             else:
                 idx = batches[t]  # (P, b)
                 rows = kernel.gather(idx)  # (P, b·C, D0)
-                F_b = np.einsum("pkd,pd->pk", rows, z[:, :d])
+                F_b = (rows @ z[:, :d, None])[:, :, 0]
                 if k:
                     cols = (idx[:, :, None] * c + np.arange(c)).reshape(n_paths, -1)
                     F_b += np.einsum("pkj,pj->pk", E_train[cols], z[:, d:])
                 F_b = F_b.reshape(idx.shape + (c,)) + F0[idx]
                 grad_b = loss_gradient(F_b, targets[idx], problem.loss)  # (P, b, C)
-                update[:, :d] = np.einsum("pk,pkd->pd", grad_b.reshape(n_paths, -1), rows)
+                update[:, :d] = (grad_b.reshape(n_paths, 1, -1) @ rows)[:, 0]
             if wd:  # λ·J·w = J̃(λu) + λE(a + e_Φ)
                 update += wd * (z + anchor)
             step, buffer = recipe.direction(update, buffer)

@@ -244,9 +244,11 @@ class FactoredKernel:
 
     def gather(self, idx):
         """J̃ of the samples ``idx`` (shape (..., b)), float64 (..., b·C, D0)."""
-        rows = batch_rows(np.asarray(idx), self.n_outputs)
-        return np.asarray(self.rows[rows.reshape(-1)], dtype=np.float64).reshape(
-            *rows.shape, self.dim)
+        idx = np.asarray(idx)
+        per_sample = self.rows.reshape(-1, self.n_outputs, self.dim)  # (N, C, D0), no copy
+        # whole samples at a time: contiguous (C, D0) blocks, one float64 copy
+        picked = np.asarray(per_sample[idx.reshape(-1)], dtype=np.float64)
+        return picked.reshape(*idx.shape[:-1], idx.shape[-1] * self.n_outputs, self.dim)
 
     def transpose_product(self, grad):
         """J̃ᵀ g for g of shape (P, N·C) (training rows): (P, D0), blocked."""
@@ -259,7 +261,7 @@ class FactoredKernel:
     def batch_transpose_product(self, grad_b, idx):
         """J̃_Bᵀ g_B per path: grad_b (P, b, C), idx (P, b) → (P, D0)."""
         rows = self.gather(idx)  # (P, b·C, D0)
-        return np.einsum("pk,pkd->pd", np.asarray(grad_b).reshape(rows.shape[:2]), rows)
+        return (np.asarray(grad_b).reshape(rows.shape[0], 1, -1) @ rows)[:, 0]
 
     def apply(self, coef):
         """J̃ u for u of shape (P, D0): (P, (N + N_eval)·C), blocked, float64."""
