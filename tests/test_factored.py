@@ -173,7 +173,7 @@ def test_auto_mode_and_memory_errors(demo):
         TrainingTimePredictor(demo.model, max_memory=1000).fit(demo.X, demo.y)
     with pytest.raises(MemoryBudgetError, match=r"projected Jacobian .*projection_dim"):
         TrainingTimePredictor(demo.model, projection="countsketch", projection_dim=64,
-                              ntk="factored", max_memory=1000).fit(demo.X, demo.y)
+                              ntk="dense", max_memory=330_000).fit(demo.X, demo.y)
     # a prediction whose paths do not fit next to the rows
     fitted = TrainingTimePredictor(demo.model, projection="countsketch", projection_dim=64,
                                    ntk="factored", n_steps=5, trust_check=False,
@@ -181,3 +181,17 @@ def test_auto_mode_and_memory_errors(demo):
     fitted.set_params(max_memory=2 * 1024**2)
     with pytest.raises(MemoryBudgetError, match=r"paths × 100000 steps.*n_paths"):
         fitted.predict_curve(n_steps=100000, batch_size=4, n_paths=4)
+
+
+def test_rows_beyond_the_budget_go_to_a_memmap(demo):
+    common = dict(projection="countsketch", projection_dim=256, ntk="factored", n_steps=20,
+                  lr=0.005, batch_size=8, n_paths=2, trust_check=False, random_state=0)
+    ram = TrainingTimePredictor(demo.model, **common).fit(demo.X, demo.y)
+    rows_bytes = ram.projected_jacobian_.nbytes
+    disk = TrainingTimePredictor(demo.model, max_memory=int(1.5 * rows_bytes),
+                                 **common).fit(demo.X, demo.y)
+    assert isinstance(disk.projected_jacobian_, np.memmap)
+    assert not isinstance(ram.projected_jacobian_, np.memmap)
+    disk.set_params(max_memory=None)  # the prediction's paths need more than that tiny budget
+    # the smaller budget changes the chunking, so rows can differ in their float32 rounding
+    assert_allclose(disk.predict_curve(), ram.predict_curve(), rtol=1e-6)

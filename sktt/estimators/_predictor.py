@@ -379,7 +379,8 @@ class TrainingTimePredictor(TrustMixin, BaseEstimator):
         """The kernel operator of a fit: Θ (validated) or the rows (finite)."""
         if ntk is not None:
             return DenseKernel(check_ntk(ntk), n_outputs)
-        if not np.all(np.isfinite(rows)):
+        block = max(1, 2**24 // (4 * rows.shape[1]))  # a memmap is read in 64 MiB blocks
+        if not all(np.isfinite(rows[s:s + block]).all() for s in range(0, rows.shape[0], block)):
             raise ValueError("the projected Jacobian rows contain NaN or inf; the model's "
                              "Jacobian is not finite at w0. Check the model's outputs and "
                              "parameters for NaN/inf.")

@@ -33,6 +33,8 @@ outputs (64 MiB). :func:`check_predict_memory` raises
 exceeds ``max_memory``.
 """
 
+import numpy as np
+
 from ..dynamics._factored import states_bytes
 from ..exceptions import MemoryBudgetError
 from ..utils import format_bytes
@@ -66,9 +68,9 @@ def resolve_ntk_mode(ntk, *, projection, n_rows, projection_dim, max_memory, n_s
 
 def kernel_bytes(kernel):
     """Bytes the fitted kernel holds (Θ and the cross-kernel, or the rows)."""
-    if getattr(kernel, "factored", False):
-        extra = 0 if kernel.eval_rows is None else kernel.eval_rows.nbytes
-        return kernel.rows.nbytes + extra
+    if getattr(kernel, "factored", False):  # rows in a memmap live on disk
+        parts = [r for r in (kernel.rows, kernel.eval_rows) if r is not None]
+        return sum(0 if isinstance(r, np.memmap) else r.nbytes for r in parts)
     cross = 0 if kernel.cross is None else kernel.cross.nbytes
     return kernel.ntk.nbytes + cross
 
@@ -87,7 +89,9 @@ def check_predict_memory(kernel, recipe, n_paths, n_all_rows, max_memory):
     """
     curves = 4 * n_paths * (recipe.n_steps + 1) * 8
     if getattr(kernel, "factored", False):
-        work = states_bytes(kernel, recipe, n_paths) + 6 * kernel.block_bytes
+        # one block of outputs at every stored state, and the loss's temporaries of it
+        block = min(kernel.block_bytes, 8 * (recipe.n_steps + 1) * n_paths * n_all_rows)
+        work = states_bytes(kernel, recipe, n_paths) + 6 * block
     else:
         work = _DENSE_COPIES * n_paths * n_all_rows * 8
     need = kernel_bytes(kernel) + curves + work

@@ -23,6 +23,8 @@ layers are sketched from their factors by FFT.
 """
 
 import math
+import os
+import tempfile
 
 import numpy as np
 import torch
@@ -183,10 +185,27 @@ def _parallel_map(func, shared, inputs, chunk_size, n_jobs, verbose):
     return map_chunks(func, chunks, *shared, n_jobs=n_jobs, verbose=verbose)
 
 
+def disk_rows(shape, dtype, directory=None):
+    """A zero-initialised ``numpy.memmap`` for rows that exceed the memory budget.
+
+    The file is created in ``directory`` (None: :func:`tempfile.gettempdir`,
+    i.e. ``$TMPDIR``) and unlinked at once: the mapping keeps the data until
+    the array is garbage-collected, and nothing is left on disk after the process.
+    """
+    fd, path = tempfile.mkstemp(prefix="sktt-rows-", suffix=".f32", dir=directory)
+    try:
+        rows = np.memmap(path, dtype=dtype, mode="w+", shape=shape)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return rows
+
+
 def _parallel_rows(model, names, inputs, projector, chunk_size, n_jobs, verbose, plan=None,
-                   work_bytes=None, out_dtype=None):
+                   work_bytes=None, out_dtype=None, out=None):
     """Rows of every chunk; with ``out_dtype``, written chunk by chunk into one
-    preallocated array of that dtype (no list of float64 chunks kept)."""
+    preallocated array of that dtype (``out`` if given, e.g. a memmap), so no list
+    of float64 chunks is ever kept."""
     func_args = (model, names, projector, plan, work_bytes)
     if out_dtype is None:
         return np.concatenate(_parallel_map(_chunk_rows_task, func_args, inputs, chunk_size,
@@ -199,7 +218,6 @@ def _parallel_rows(model, names, inputs, projector, chunk_size, n_jobs, verbose,
         from tqdm.auto import tqdm  # only when a bar is asked for
 
         bar = tqdm(total=n, desc="Jacobian rows", unit="sample", unit_scale=True)
-    out = None
     try:
         for g in range(0, len(starts), group):
             mine = starts[g:g + group]
@@ -207,8 +225,8 @@ def _parallel_rows(model, names, inputs, projector, chunk_size, n_jobs, verbose,
             parts = map_chunks(_chunk_rows_task, chunks, *func_args, n_jobs=n_jobs,
                                verbose=max(0, verbose - 1))
             for start, part in zip(mine, parts):
+                n_out = part.shape[0] // min(chunk_size, n - start)
                 if out is None:
-                    n_out = part.shape[0] // min(chunk_size, n - start)
                     out = np.empty((n * n_out, part.shape[1]), dtype=out_dtype)
                 out[start * n_out:start * n_out + part.shape[0]] = part
                 if bar is not None:
@@ -225,21 +243,22 @@ def _chunk_rows_task(x, model, names, projector, plan, work_bytes):
 
 
 def jacobian_rows(model, inputs, names, *, projector=None, chunk_size, n_jobs=None, verbose=0,
-                  jacobian_method="auto", plan=None, work_bytes=None, out_dtype=None):
+                  jacobian_method="auto", plan=None, work_bytes=None, out_dtype=None,
+                  out=None):
     """Jacobian rows (sample-major, row ``i·C + c``) for parameters ``names``.
 
     Returns an ``(N·C, D0)`` array if ``projector`` is given, else ``(N·C, Σ d)``.
     ``plan`` (from :func:`resolve_layerwise_plan`) skips the probe when already known;
     ``work_bytes`` bounds the temporaries of one layer on one chunk; ``out_dtype``
     (e.g. float32) stores the rows in one preallocated array of that dtype as the
-    chunks arrive.
+    chunks arrive (into ``out`` when given: a preallocated array or memmap).
     """
     if plan is None and jacobian_method != "functorch":
         plan = resolve_layerwise_plan(model, inputs, names, jacobian_method)
     if work_bytes is None:
         work_bytes = 256 * 1024**2
     return _parallel_rows(model, names, inputs, projector, chunk_size, n_jobs, verbose, plan,
-                          work_bytes, out_dtype)
+                          work_bytes, out_dtype if out is None else out.dtype, out)
 
 
 def _too_big_for_exact_ntk(name, n_rows, need, budget):
@@ -274,7 +293,7 @@ def group_parameters(named_sizes, n_rows, budget, *, too_big=_too_big_for_exact_
 
 def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projection_dim=2048,
                    seed=0, chunk_size=None, n_jobs=None, max_memory, verbose=0,
-                   jacobian_method="auto", form_ntk=True):
+                   jacobian_method="auto", form_ntk=True, rows_dir=None):
     """The empirical NTK Θ (float64, ``(N·C, N·C)``) and, if projected, the projected rows.
 
     Parameters
@@ -298,7 +317,11 @@ def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projecti
         How per-sample gradients are computed (see the module docstring).
     form_ntk : bool, default=True
         False (projected only): return the rows without forming Θ (the
-        factored kernel, :class:`sktt.gram.FactoredKernel`).
+        factored kernel, :class:`sktt.gram.FactoredKernel`). Rows that exceed
+        ``max_memory`` then go to a ``numpy.memmap`` (:func:`disk_rows`) instead
+        of raising.
+    rows_dir : str or None, default=None
+        Directory of that memmap (None: the system's temporary directory).
 
     Returns
     -------
@@ -330,6 +353,9 @@ def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projecti
     budget = max_memory - ntk_bytes
     if projection is not None:
         rows_bytes = n_rows * projection_dim * 4
+        on_disk = not form_ntk and rows_bytes > budget // 2
+        if on_disk:  # the rows live in a memmap; memory holds the chunks in flight
+            rows_bytes = 0
         if rows_bytes > budget:
             raise MemoryBudgetError(
                 f"the projected Jacobian is {n_rows}×{projection_dim} float32 = "
@@ -346,7 +372,9 @@ def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projecti
         rows = jacobian_rows(model, inputs, names, projector=projector, chunk_size=chunk_size,
                              n_jobs=n_jobs, verbose=verbose, plan=plan, work_bytes=work_bytes,
                              jacobian_method="functorch" if plan is None else jacobian_method,
-                             out_dtype=np.float32)
+                             out_dtype=np.float32,
+                             out=disk_rows((n_rows, projection_dim), np.float32, rows_dir)
+                             if on_disk else None)
         if not form_ntk:
             return None, rows
         rows64 = rows.astype(np.float64)
