@@ -94,26 +94,23 @@ def linear_displacement(kernel, problem, recipe, *, batches=None, record_steps=(
     decay_anchor[nc] = 1.0  # λw = λ(Jᵀc + (1 + α) w0): the image of λc is λφ
     buffer = None
 
-    def outputs(idx=None):
-        """F on the samples idx (None: all) at the current state."""
+    def outputs(idx=None, rows=None):
+        """F on the samples idx (None: all) at the current state (rows: J̃ of idx)."""
         alpha, phi = state[nc], state[nc + 1:]
         if idx is None:
             moved = kernel.apply(phi[None])[0, :nc] if factored else phi
             return F0 + moved.reshape(n, c) + alpha * jw0
-        if factored:
-            moved = kernel.gather(idx) @ phi
-        else:
-            moved = phi.reshape(n, c)[idx].ravel()
+        moved = rows @ phi if factored else phi.reshape(n, c)[idx].ravel()
         return F0[idx] + moved.reshape(len(idx), c) + alpha * jw0[idx]
 
-    def image(g, idx):
+    def image(g, idx, rows=None):
         """The kernel's image of the coefficient update g (on the samples idx)."""
         if idx is None:
             flat = g.reshape(1, -1)
             return (kernel.transpose_product(flat) if factored else
                     kernel.full_product(flat)[:, :nc])[0]
         if factored:
-            return kernel.batch_transpose_product(g[None], idx[None])[0]
+            return g.ravel() @ rows
         return kernel.batch_product(g[None], idx[None])[0, :nc]
 
     wanted = set(int(s) for s in record_steps)
@@ -127,9 +124,10 @@ def linear_displacement(kernel, problem, recipe, *, batches=None, record_steps=(
                 update[nc + 1:] = image(g, None)
             else:
                 idx = np.asarray(batches[t]).reshape(-1)
-                g = loss_gradient(outputs(idx), problem.targets[idx], problem.loss)
+                rows = kernel.gather(idx) if factored else None  # J̃_B, read once per step
+                g = loss_gradient(outputs(idx, rows), problem.targets[idx], problem.loss)
                 update[:nc].reshape(n, c)[idx] = g
-                update[nc + 1:] = image(g, idx)
+                update[nc + 1:] = image(g, idx, rows)
             if wd:
                 update += wd * (state + decay_anchor)
             step, buffer = recipe.direction(update, buffer)
