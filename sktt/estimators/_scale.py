@@ -6,14 +6,14 @@ Without a projection the exact Θ is the only kernel there is: ``"dense"``.
 With one, the rows J̃ (N·C × D0) are the kernel and Θ̃ = J̃J̃ᵀ is optional. Costs,
 for P paths of T steps of batch b and a grid of G settings:
 
-=============  ==============================  ==============================
-               fit (beyond the rows)           one setting
-=============  ==============================  ==============================
-``"dense"``    (N·C)²·D0 to form Θ̃,            P·T·b·C·N·C (batch columns
-               (N·C)²·8 bytes                  of Θ̃, every output moved)
-``"factored"`` nothing, N·C·D0·4 bytes          P·T·N·C·D0 (curves from the
-                                               sketch-space states)
-=============  ==============================  ==============================
+==============  ==============================  ==============================
+                fit (beyond the rows)           one setting
+==============  ==============================  ==============================
+``"dense"``     (N·C)²·D0 to form Θ,            P·T·b·C·N·C (batch columns
+                (N·C)²·8 bytes                  of Θ, every output moved)
+``"factored"``  nothing, N·C·D0·4 bytes         P·T·N·C·D0 (curves from the
+                                                sketch-space states)
+==============  ==============================  ==============================
 
 So a dense step is cheaper by D0/(b·C), but forming Θ̃ costs as much as
 N·C/(P·T) factored settings and its memory grows as (N·C)². ``"auto"``
