@@ -217,7 +217,7 @@ def _parallel_rows(model, names, inputs, projector, chunk_size, n_jobs, verbose,
     if verbose:
         from tqdm.auto import tqdm  # only when a bar is asked for
 
-        bar = tqdm(total=n, desc="Jacobian rows", unit="sample", unit_scale=True)
+        bar = tqdm(total=n, desc="Jacobian rows", unit="sample")
     try:
         for g in range(0, len(starts), group):
             mine = starts[g:g + group]
