@@ -163,11 +163,11 @@ def test_progress_bar_over_chunks(demo, capfd, n_jobs):
     _predictor(demo.model, projection="countsketch", projection_dim=64, n_jobs=n_jobs,
                verbose=1).fit(demo.X, demo.y)
     err = capfd.readouterr().err
-    assert "Jacobian chunks" in err
-    assert "8/8" in err  # 40 samples in 8 chunks, all accounted for
+    assert "Jacobian rows" in err
+    assert "40/40" in err and "sample/s" in err  # counted in samples, with the rate
     _predictor(demo.model, projection="countsketch", projection_dim=64, n_jobs=n_jobs,
                verbose=0).fit(demo.X, demo.y)
-    assert "Jacobian chunks" not in capfd.readouterr().err
+    assert "Jacobian rows" not in capfd.readouterr().err
 
 
 # ---------------------------------------------------------------------- Dask

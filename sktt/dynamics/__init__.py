@@ -3,6 +3,7 @@
 
 from ._closed_form import flow_times, mse_closed_form, mse_spectral_loss
 from ._discrete import check_batches, simulate_discrete
+from ._factored import simulate_factored
 from ._displacement import batch_curvature, linear_displacement, stability_ratio
 from ._losses import (LOSSES, check_targets, labels_of, loss_gradient, loss_value,
                       mse_curvature, train_error)
@@ -42,6 +43,7 @@ __all__ = [
     "sde_substeps",
     "simulate",
     "simulate_discrete",
+    "simulate_factored",
     "simulate_sde",
     "smooth_curve",
     "solve_gradient_flow",

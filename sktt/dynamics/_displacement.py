@@ -43,9 +43,9 @@ somewhat below it.
 import dataclasses
 
 import numpy as np
-from scipy.sparse.linalg import LinearOperator, eigsh
 from scipy.special import softmax
 
+from ..gram._kernels import top_eigenvalue
 from ..utils._threads import single_threaded_blas
 from ._losses import loss_gradient, mse_curvature
 
@@ -114,7 +114,6 @@ def stage_displacement(kernel, problem, recipe, *, batches=None, momentum_buffer
     """
     F0 = problem.f0
     n, c = F0.shape
-    ntk = kernel.ntk
     wd = recipe.weight_decay
     jw0 = problem.jw0.reshape(n, c) if wd else np.zeros((n, c))
     resumed = momentum_buffer is not None and recipe.momentum > 0
@@ -142,7 +141,9 @@ def stage_displacement(kernel, problem, recipe, *, batches=None, momentum_buffer
                 update[-2] += wd
             step, buffer = recipe.direction(update, buffer)
             state -= lrs[t] * step
-            F = F0 + (ntk @ state[:-2]).reshape(n, c) + state[-2] * jw0
+            # Θc through the kernel operator (dense Θ, or J̃(J̃ᵀc) without forming Θ)
+            moved = kernel.full_product(state[None, :-2])[0, :n * c]
+            F = F0 + moved.reshape(n, c) + state[-2] * jw0
             if resumed:
                 F += state[-1] * A0
             if t + 1 in wanted:
@@ -158,10 +159,18 @@ def stage_displacement(kernel, problem, recipe, *, batches=None, momentum_buffer
 def linear_displacement(kernel, problem, recipe, *, batches=None, record_steps=()):
     r"""Coefficients :math:`(c_T, \alpha_T)` of the weight displacement :math:`J^\top c_T + \alpha_T w_0`.
 
+    The recursion runs on the state :math:`(c, \alpha, \phi)` with
+    :math:`\phi` the kernel's image of :math:`c` — :math:`\Theta c` for a
+    :class:`~sktt.gram.DenseKernel`, :math:`\tilde J^\top c` (D0-dim) for a
+    :class:`~sktt.gram.FactoredKernel` — updated through the batch's rows only
+    (``O(b·C·N·C)`` resp. ``O(b·C·D0)`` per step, plus ``O(N·C)`` for
+    :math:`c`); the outputs are :math:`F = F_0 + \Theta c + \alpha\Phi_0`.
+
     Parameters
     ----------
-    kernel : DenseKernel
+    kernel : DenseKernel or FactoredKernel
     problem : LinearizedProblem
+        Training rows only (held-out rows do not move the weights).
     recipe : TrainingRecipe
     batches : list of ndarray of shape (1, b) or (b,), optional
         One path of batch indices per step; None = full batch.
@@ -182,21 +191,21 @@ def linear_displacement(kernel, problem, recipe, *, batches=None, record_steps=(
 
 
 def _top_eig(matvec, dim):
-    """Largest eigenvalue of a symmetric PSD operator (Lanczos; dense below 64 rows)."""
-    if dim <= 64:
-        return float(np.linalg.eigvalsh(np.column_stack([matvec(e) for e in np.eye(dim)]))[-1])
-    op = LinearOperator((dim, dim), matvec=matvec, dtype=np.float64)
-    v0 = np.full(dim, 1.0 / np.sqrt(dim))  # deterministic start
-    return float(eigsh(op, k=1, which="LA", tol=1e-4, v0=v0, return_eigenvectors=False)[0])
+    """Largest eigenvalue of a symmetric PSD operator (Lanczos to 1e-4; dense below 64 rows)."""
+    return top_eigenvalue(matvec, dim, tol=1e-4)
 
 
 def batch_curvature(kernel, F, targets, loss, idx):
     """h = λ_max of H_B^{1/2} Θ_BB H_B^{1/2} for the samples ``idx`` at outputs ``F``."""
     n, c = F.shape
     b = len(idx)
-    K = kernel.block(idx)
+    if getattr(kernel, "factored", False) and np.array_equal(idx, np.arange(n)):
+        product = kernel.matvec  # every sample: products through the rows, Θ never formed
+    else:
+        K = kernel.block(idx)
+        product = K.__matmul__
     if loss == "mse":
-        return mse_curvature(b * c) * _top_eig(lambda v: K @ v, b * c)
+        return mse_curvature(b * c) * _top_eig(product, b * c)
     p = softmax(F[idx], axis=-1)  # (b, C)
     # H_B^{1/2}: per-sample symmetric square root of diag(p) - p pᵀ, over sqrt(b)
     blocks = np.einsum("bc,cd->bcd", p, np.eye(c)) - p[:, :, None] * p[:, None, :]
@@ -206,7 +215,7 @@ def batch_curvature(kernel, F, targets, loss, idx):
     def apply_sqrt(v):
         return np.einsum("bcd,bd->bc", sqrt_h, v.reshape(b, c)).ravel()
 
-    return _top_eig(lambda v: apply_sqrt(K @ apply_sqrt(v)), b * c)
+    return _top_eig(lambda v: apply_sqrt(product(apply_sqrt(v))), b * c)
 
 
 def max_curvature(kernel, outputs, targets, loss, *, batches=None, max_batches=4):
@@ -225,7 +234,7 @@ def stability_ratio(kernel, outputs, targets, *, loss, recipe, batches=None, max
 
     Parameters
     ----------
-    kernel : DenseKernel
+    kernel : DenseKernel or FactoredKernel
     outputs : list of ndarray of shape (N, C)
         Points of the predicted trajectory to evaluate the curvature at (for
         cross-entropy it depends on the outputs; the maximum is used).

@@ -63,9 +63,10 @@ def _onehot(labels, n_outputs):
     return np.eye(n_outputs)[labels]
 
 
-def loss_value_and_gradient(F, targets, loss):
+def loss_value_and_gradient(F, targets, loss, *, gradient=True):
     """Mean loss (shape ``F.shape[:-2]``) and its gradient with respect to ``F`` (same
-    shape as ``F``): the one place the formulas of the module docstring are written."""
+    shape as ``F``; None with ``gradient=False``): the one place the formulas of the
+    module docstring are written."""
     n, c = F.shape[-2:]
     if loss == "cross_entropy":
         z = F - F.max(axis=-1, keepdims=True)
@@ -73,14 +74,14 @@ def loss_value_and_gradient(F, targets, loss):
         total = e.sum(axis=-1, keepdims=True)
         onehot = _onehot(targets, c)
         value = (np.log(total[..., 0]) - (z * onehot).sum(axis=-1)).mean(axis=-1)
-        return value, (e / total - onehot) / n
+        return value, (e / total - onehot) / n if gradient else None
     diff = F - targets
-    return (diff**2).mean(axis=(-2, -1)), mse_curvature(n * c) * diff
+    return (diff**2).mean(axis=(-2, -1)), mse_curvature(n * c) * diff if gradient else None
 
 
 def loss_value(F, targets, loss):
     """Mean loss over samples (and outputs for MSE); shape ``F.shape[:-2]``."""
-    return loss_value_and_gradient(F, targets, loss)[0]
+    return loss_value_and_gradient(F, targets, loss, gradient=False)[0]
 
 
 def loss_gradient(F, targets, loss):

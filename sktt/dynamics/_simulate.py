@@ -7,12 +7,16 @@ and dispatches to the solver the recipe names:
 
 =============  ==============================================================
 ``discrete``   exact steps of the recipe (:mod:`sktt.dynamics._discrete`);
-               every term, held-out rows, minibatch paths
+               every term, held-out rows, minibatch paths; in the sketch
+               space for a factored kernel (:mod:`sktt.dynamics._factored`)
 ``ode``        gradient flow: MSE closed form (no weight decay, no held-out
                rows) or LSODA (:mod:`sktt.dynamics._ode`); held-out rows yes
 ``sde``        the paper's diffusion (:mod:`sktt.dynamics._sde`); held-out
                rows no (its noise factor covers the training rows only)
 =============  ==============================================================
+
+The ODE and SDE solvers need Θ itself: a factored kernel is formed for them
+(:meth:`~sktt.gram.FactoredKernel.as_dense`, which costs (N·C)² × 8 bytes).
 
 Every result has ``(P, n_steps + 1)`` curves ``"loss"``, ``"error"``,
 ``"eval_loss"``, ``"eval_error"`` (None where not computed) and
@@ -35,6 +39,7 @@ from ._adamw import simulate_adamw
 from ._adamw_kernel import PreconditionedKernels, simulate_adamw_kernel
 from ._closed_form import mse_closed_form, mse_spectral_loss
 from ._discrete import simulate_discrete
+from ._factored import simulate_factored
 from ._ode import solve_gradient_flow
 from ._sde import sde_substeps, simulate_sde
 
@@ -116,9 +121,9 @@ def simulate(kernel, problem, recipe, *, batches=None, momentum_buffer=None,
 
     Parameters
     ----------
-    kernel : DenseKernel or SpectralKernel
-        Θ on the training rows (and the cross-kernel to held-out rows), or only
-        its spectrum (MSE gradient flow; ``problem`` is then unused).
+    kernel : DenseKernel, FactoredKernel or SpectralKernel
+        Θ on the training rows (and the cross-kernel to held-out rows), its
+        rows J̃ (and the held-out rows), or only its spectrum (MSE gradient flow; ``problem`` is then unused).
     problem : LinearizedProblem or None
     recipe : TrainingRecipe
     batches : list of (P, b) int arrays, optional
@@ -149,6 +154,12 @@ def simulate(kernel, problem, recipe, *, batches=None, momentum_buffer=None,
                                  lr_eff=recipe.effective_learning_rates(), n_steps=recipe.n_steps)
         return {"loss": loss[None], "error": None, "eval_loss": None, "eval_error": None,
                 "diverged_at": np.array([-1 if np.all(np.isfinite(loss)) else 0])}
+    factored = getattr(kernel, "factored", False)
+    if solver == "discrete" and factored:
+        return simulate_factored(kernel, problem, recipe, batches=batches,
+                                 momentum_buffer=momentum_buffer)
+    if factored:  # the flow solvers work on Θ itself
+        kernel = kernel.as_dense()
     if solver == "discrete":
         return simulate_discrete(kernel, problem, recipe, batches=batches,
                                  momentum_buffer=momentum_buffer)

@@ -197,7 +197,7 @@ class EvalSetMixin:
             there), ``final`` (the curve at ``n_steps``), ``metric``. For SGD
             the curve is the mean over the ``n_paths`` simulated paths.
         """
-        check_is_fitted(self, "ntk_")
+        check_is_fitted(self, "f0_")
         curve = self.predict_curve(metric, on="eval", **overrides)
         finite = np.where(np.isfinite(curve), curve, np.inf)
         step = int(np.argmin(finite))

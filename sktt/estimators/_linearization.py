@@ -22,6 +22,7 @@ import torch
 
 from ..gradients import model_outputs, ntk_from_model
 from ..gradients._probes import JacobianOperator
+from ..gram import DenseKernel
 from ..utils import parse_memory
 
 __all__ = ["Linearization", "linearize_at", "model_at", "set_weights"]
@@ -34,18 +35,18 @@ class Linearization:
     ----------
     outputs : ndarray of shape (N, C)
         (N + N_eval, C) with held-out rows (train first).
-    ntk : ndarray of shape (N·C, N·C)
+    kernel : DenseKernel or FactoredKernel
+        Θ(w) as the fit's kernel operator (dense with the cross-kernel Θ(train,
+        eval) when held-out rows are asked for; factored rows when the fit kept
+        rows, ``ntk_mode_="factored"``).
     operator : JacobianOperator
         :math:`J(w)` (``vjp``, ``jvp``, ``at``), on the same rows as ``outputs``.
-    cross : ndarray of shape (N·C, N_eval·C) or None
-        Θ(train, eval) at :math:`w`.
     """
 
-    def __init__(self, outputs, ntk, operator, cross=None):
+    def __init__(self, outputs, kernel, operator):
         self.outputs = outputs
-        self.ntk = ntk
+        self.kernel = kernel
         self.operator = operator
-        self.cross = cross
 
     def apply(self, tangent):
         """:math:`J(w)\\,u` for a parameter-shaped dict ``u``, flattened (N·C,), float64."""
@@ -53,7 +54,7 @@ class Linearization:
 
     @property
     def trace(self):
-        return float(np.trace(self.ntk))
+        return self.kernel.trace()
 
 
 def model_at(est):
@@ -100,15 +101,18 @@ def linearize_at(est, model, *, held_out=False):
                       max_memory=parse_memory("max_memory", est.max_memory), verbose=est.verbose,
                       jacobian_method=getattr(est, "jacobian_method", "auto"))
     rows = state["inputs"]
-    cross = None
     if held_out:
         from ._eval_set import concat_inputs, joint_ntk  # the joint extraction of fit
 
         ntk, _, cross = joint_ntk(model, state["inputs"], est._eval_inputs, state["names"],
                                   **extraction)
+        kernel = DenseKernel(ntk, est.n_outputs_, cross=cross)
         rows = concat_inputs(state["inputs"], est._eval_inputs)
     else:
-        ntk, _ = ntk_from_model(model, state["inputs"], state["names"], **extraction)
+        ntk, jacobian_rows = ntk_from_model(
+            model, state["inputs"], state["names"],
+            form_ntk=getattr(est, "ntk_mode_", "dense") == "dense", **extraction)
+        kernel = est._make_kernel(ntk, jacobian_rows, est.n_outputs_)
     outputs = model_outputs(model, rows)
     operator = JacobianOperator(model, state["names"], rows, chunk_size=est.chunk_size or 256)
-    return Linearization(outputs, ntk, operator, cross)
+    return Linearization(outputs, kernel, operator)

@@ -2,8 +2,10 @@ r"""TrainingTimePredictor: fit the empirical NTK once, predict curves and traini
 
 ``fit`` does the expensive, hyper-parameter-free part: outputs :math:`f_0` at the
 pre-trained weights, per-sample Jacobians of the trainable parameters (optionally
-randomly projected), the kernel :math:`\Theta = J J^\top` in float64 and its
-eigendecomposition. The dynamics parameters (``lr``, ``momentum``,
+randomly projected) and the kernel: :math:`\Theta = J J^\top` in float64, or,
+with a projection, the rows :math:`\tilde J` themselves (``ntk="factored"``,
+:mod:`sktt.estimators._scale`). The eigendecomposition is computed only when a
+solver asks for it (MSE closed form, ``extrapolate``, ``eigenvalues_``). The dynamics parameters (``lr``, ``momentum``,
 ``batch_size``, ``n_steps``, ``solver``) are read at predict time, so
 ``set_params(lr=...)`` or the keyword overrides of :meth:`predict_curve` /
 :meth:`predict_time` reuse Θ: a grid of settings costs dynamics only.
@@ -25,9 +27,9 @@ from ..exceptions import (DivergenceError, DivergenceWarning, NotFittedError,
                           ThresholdNotReachedError)
 from ..gradients import (as_inputs, model_outputs,
                          ntk_from_model)
-from ..gram import DenseKernel, ntk_eigh
+from ..gram import DenseKernel, FactoredKernel, check_ntk
 from ..training import measure_step_time
-from ..utils import check_choice, check_int, derive_seed, root_seed
+from ..utils import check_choice, check_int, derive_seed, parse_memory, root_seed
 from ..utils._batches import dataloader_batches
 from ..gradients._outputs import check_output
 from ..utils._torch import (model_device_dtype, model_untouched, require_trainable,
@@ -37,6 +39,7 @@ from ._extraction_params import check_extraction_params
 from ._adamw import AdamWMixin
 from ._refresh import refreshed_curves
 from ._relinearize import staged_curves
+from ._scale import NTK_MODES, check_predict_memory, resolve_ntk_mode
 from ._setting import resolve_setting
 from ._spectrum import GramSpectrum
 from ._sgd import (check_quantiles, check_user_batches, curve_band, fit_sde_noise, noise_factor,
@@ -141,11 +144,24 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         per-sample gradients; see the performance guide).
     projection_dim : int, default=2048
         D0, the projected dimension.
+    ntk : {"auto", "dense", "factored"}, default="auto"
+        The kernel ``fit`` keeps. ``"dense"`` forms Θ ((N·C)² float64);
+        ``"factored"`` (needs a projection) keeps the projected rows J̃
+        (N·C × D0, float32) and never forms Θ: the discrete solver runs in the
+        D0-dim sketch space, the same dynamics to round-off at O(N·C·D0) memory.
+        ``"auto"``: dense without a projection; with one, dense iff Θ fits in
+        half of ``max_memory`` and N·C ≤ ``n_steps``·``n_paths`` (forming Θ then
+        costs no more than one factored prediction), else factored. The choice
+        is ``ntk_mode_``; see :mod:`sktt.estimators._scale` and
+        docs/performance.rst.
     chunk_size : int or None, default=None
         Samples per Jacobian task; None sizes chunks to ``max_memory``.
     max_memory : int, str or None, default=None
-        Memory budget for Θ and the Jacobian blocks (bytes, or e.g. ``"4GB"``);
-        None means 2 GiB.
+        Memory budget (bytes, or e.g. ``"4GB"``) of ``fit`` (Θ or the rows,
+        the Jacobian blocks) and of each prediction (kernel, paths, curves);
+        None means 2 GiB. A request that cannot fit raises
+        :class:`~sktt.exceptions.MemoryBudgetError` naming the bytes and the
+        options.
     n_jobs : int or None, default=None
         Number of joblib workers over sample chunks. ``None`` means 1 unless in a
         :func:`joblib.parallel_config` context; ``-1`` means all processors.
@@ -201,14 +217,20 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
     Attributes
     ----------
     ntk_ : ndarray of shape (N·C, N·C)
-        Empirical NTK Θ (float64), sample-major: row ``i·C + c`` is output c of sample i.
+        Empirical NTK Θ (float64), sample-major: row ``i·C + c`` is output c of
+        sample i. With ``ntk_mode_ == "factored"`` it is formed from the rows on
+        each access ((N·C)² × 8 bytes): read ``projected_jacobian_`` instead.
+    ntk_mode_ : {"dense", "factored"}
+        The kernel this fit keeps (parameter ``ntk``).
     f0_ : ndarray of shape (N, C)
         Model outputs at the pre-trained weights (eval mode).
     targets_ : ndarray
         Labels (N,) for cross-entropy, targets (N, C) for MSE.
     eigenvalues_ : ndarray of shape (N·C,)
-        Eigenvalues of Θ, descending.
+        Eigenvalues of Θ, descending; computed on first access (an
+        eigendecomposition, O((N·C)³)), then kept.
     eigenvectors_ : ndarray of shape (N·C, N·C)
+        Computed with ``eigenvalues_``.
     n_samples_ : int
     n_outputs_ : int
     n_params_ : int
@@ -285,7 +307,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
                  momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
                  betas=(0.9, 0.999), adam_eps=1e-8, adamw_mode="auto", lr_scheduler=None,
                  batch_size=None, n_steps=150, solver="auto", projection=None,
-                 projection_dim=2048, chunk_size=None, max_memory=None, n_jobs=None,
+                 projection_dim=2048, ntk="auto", chunk_size=None, max_memory=None, n_jobs=None,
                  random_state=None, verbose=0, trust_check=True, refresh_steps=None,
                  refresh_seconds=None, jacobian_method="auto", n_paths=16, drop_last=False,
                  sde_noise="diagonal", output=None, relinearize=None):
@@ -306,6 +328,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         self.solver = solver
         self.projection = projection
         self.projection_dim = projection_dim
+        self.ntk = ntk
         self.chunk_size = chunk_size
         self.max_memory = max_memory
         self.n_jobs = n_jobs
@@ -327,6 +350,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
             raise TypeError(f"model must be a torch.nn.Module, or 'precomputed' to fit on the "
                             f"output of JacobianFeatures; got {type(self.model).__name__}.")
         check_choice("loss", self.loss, LOSSES)
+        check_choice("ntk", self.ntk, NTK_MODES)
         return check_extraction_params(self)
 
     def _setting(self, overrides, n_samples=None):
@@ -352,7 +376,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y=None, *, eval_set=None):
-        """Compute f0, the (projected) Jacobians, Θ and its eigendecomposition.
+        """Compute f0, the (projected) Jacobians and Θ (or keep the rows: ``ntk``).
 
         Parameters
         ----------
@@ -399,6 +423,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
                                  "a prediction needs finite outputs.")
             targets = check_targets(y.detach().cpu().numpy(), self.loss, f0.shape[1])
             self._setting({}, n_samples=f0.shape[0])  # batch_size against N
+            mode = self._ntk_mode(f0.size, max_memory)
             extraction = dict(n_outputs=f0.shape[1], projection=self.projection,
                               projection_dim=self.projection_dim, seed=seed,
                               chunk_size=self.chunk_size, n_jobs=self.n_jobs,
@@ -406,6 +431,10 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
                               jacobian_method=self.jacobian_method)
             eval_inputs = eval_f0 = eval_targets = cross = None
             if eval_set is not None:
+                if self.ntk == "factored":
+                    raise ValueError("eval_set needs ntk='dense' or 'auto' for now: held-out "
+                                     "curves use the dense cross-kernel Θ(train, eval).")
+                mode = "dense"  # the held-out rows go through the dense cross-kernel
                 eval_inputs, eval_targets = check_eval_set(
                     eval_set, inputs, loss=self.loss, n_outputs=f0.shape[1], float_dtype=dtype)
                 eval_f0 = model_outputs(model, eval_inputs)
@@ -414,10 +443,11 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
                                      "(N_val, C) values; a held-out prediction needs them.")
                 ntk, rows, cross = joint_ntk(model, inputs, eval_inputs, names, **extraction)
             else:
-                ntk, rows = ntk_from_model(model, inputs, names, **extraction)
+                ntk, rows = ntk_from_model(model, inputs, names, form_ntk=mode == "dense",
+                                           **extraction)
             # the SDE's diagonal Σ needs the exact Jacobian once more (only when asked for)
             noise = fit_sde_noise(self, model, inputs, names, f0, targets, rows, max_memory)
-        self._set_kernel(ntk, f0, targets)
+        self._set_kernel(self._make_kernel(ntk, rows, f0.shape[1]), f0, targets)
         self._set_eval(eval_inputs, eval_f0, eval_targets, cross)
         self.n_params_ = int(sum(p.numel() for p in params))
         self.trainable_parameter_names_ = names
@@ -430,14 +460,31 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
-    def _set_kernel(self, ntk, f0, targets):
-        """Fitted state shared by both fits: Θ, its spectrum, outputs, targets."""
-        self.eigenvalues_, self.eigenvectors_ = ntk_eigh(ntk)
-        self.ntk_ = ntk
+    def _ntk_mode(self, n_rows, max_memory):
+        """"dense" or "factored" for this fit (:func:`~sktt.estimators._scale.resolve_ntk_mode`)."""
+        return resolve_ntk_mode(self.ntk, projection=self.projection, n_rows=n_rows,
+                                projection_dim=self.projection_dim, max_memory=max_memory,
+                                n_steps=self.n_steps, n_paths=self.n_paths)
+
+    @staticmethod
+    def _make_kernel(ntk, rows, n_outputs):
+        """The kernel operator of a fit: Θ (validated) or the rows (finite)."""
+        if ntk is not None:
+            return DenseKernel(check_ntk(ntk), n_outputs)
+        block = max(1, 2**24 // (4 * rows.shape[1]))  # a memmap is read in 64 MiB blocks
+        if not all(np.isfinite(rows[s:s + block]).all() for s in range(0, rows.shape[0], block)):
+            raise ValueError("the projected Jacobian rows contain NaN or inf; the model's "
+                             "Jacobian is not finite at w0. Check the model's outputs and "
+                             "parameters for NaN/inf.")
+        return FactoredKernel(rows, n_outputs)
+
+    def _set_kernel(self, kernel, f0, targets):
+        """Fitted state shared by both fits: the kernel operator, outputs, targets."""
+        self._kernel = kernel
+        self.ntk_mode_ = "factored" if getattr(kernel, "factored", False) else "dense"
         self.f0_ = f0
         self.targets_ = targets
         self.n_samples_, self.n_outputs_ = f0.shape
-        self._kernel = DenseKernel(ntk, f0.shape[1], eigh=(self.eigenvalues_, self.eigenvectors_))
         self._jw0 = None  # Φ0 = J·w0, computed on the first weight-decay prediction
         self._set_eval(None, None, None, None)
 
@@ -450,7 +497,28 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         self.n_eval_samples_ = 0 if f0 is None else int(f0.shape[0])
         self._eval_jw0 = None
         self._eval_kernel = None if cross is None else DenseKernel(
-            self.ntk_, self.n_outputs_, cross=cross, eigh=(self.eigenvalues_, self.eigenvectors_))
+            self._kernel.ntk, self.n_outputs_, cross=cross)
+
+    def _fitted_kernel(self):
+        try:
+            return self.__dict__["_kernel"]
+        except KeyError:
+            raise AttributeError("the kernel exists after fit") from None
+
+    @property
+    def ntk_(self):
+        """Θ (float64, (N·C)²): stored (dense) or formed from the rows on access (factored)."""
+        return self._fitted_kernel().dense()
+
+    @property
+    def eigenvalues_(self):
+        """Eigenvalues of Θ, descending (computed on first access)."""
+        return self._fitted_kernel().eigh()[0]
+
+    @property
+    def eigenvectors_(self):
+        """Eigenvectors of Θ, column k for ``eigenvalues_[k]`` (computed on first access)."""
+        return self._fitted_kernel().eigh()[1]
 
     def _problem(self, recipe, held_out=False):
         """The linearised problem a recipe is simulated on (Φ0 only when it needs it).
@@ -512,13 +580,18 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         targets = check_targets(targets, self.loss, f0.shape[1])
         self._setting({}, n_samples=f0.shape[0])
         n_rows = X.rows.shape[0]
-        if n_rows * n_rows * 8 > max_memory:
-            raise MemoryBudgetError(
-                f"Θ for N={f0.shape[0]} samples × C={f0.shape[1]} outputs is {n_rows}×{n_rows} "
-                f"float64 = {format_bytes(n_rows * n_rows * 8)}, more than max_memory="
-                f"{format_bytes(max_memory)}. Raise max_memory, or measure the spectrum on a "
-                "subset and extrapolate with GramSpectrum.")
-        self._set_kernel(X.ntk(), f0, targets)
+        if X.projection is not None and self._ntk_mode(n_rows, max_memory) == "factored":
+            kernel = self._make_kernel(None, X.rows, f0.shape[1])
+        else:
+            if n_rows * n_rows * 8 > max_memory:
+                raise MemoryBudgetError(
+                    f"Θ for N={f0.shape[0]} samples × C={f0.shape[1]} outputs is {n_rows}×"
+                    f"{n_rows} float64 = {format_bytes(n_rows * n_rows * 8)}, more than "
+                    f"max_memory={format_bytes(max_memory)}. Options: raise max_memory; with "
+                    "projected rows, ntk='factored' (Θ never formed); or measure the spectrum "
+                    "on a subset and extrapolate with GramSpectrum.")
+            kernel = self._make_kernel(X.ntk(), None, f0.shape[1])
+        self._set_kernel(kernel, f0, targets)
         self.n_params_ = int(X.n_params if X.n_params is not None else X.n_columns)
         self.trainable_parameter_names_ = X.parameter_names
         self.projected_jacobian_ = X.rows if X.projection is not None else None
@@ -570,7 +643,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         included: see :func:`sktt.training.measure_step_time`.
         """
 
-        check_is_fitted(self, "ntk_")
+        check_is_fitted(self, "f0_")
         if self._precomputed():
             raise ValueError("measure_step_time times real steps of the model; a predictor "
                              "with model='precomputed' has none. Use "
@@ -678,6 +751,10 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
                 noise = noise_factor(self, recipe.sde_noise)
         held_out = self._has_eval_set() and solver != "sde"  # see ._eval_set: sde refuses
         kernel = self._eval_kernel if held_out else self._kernel
+        n_paths = 1 if batches is None else batches[0].shape[0]
+        check_predict_memory(self._kernel, recipe, max(n_paths, len(seeds or ())),
+                             self.n_samples_ * self.n_outputs_,
+                             parse_memory("max_memory", self.max_memory))
         return simulate(kernel, self._problem(recipe, held_out=held_out), recipe,
                         batches=batches, noise_factor=noise, seeds=seeds)
 
@@ -762,7 +839,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         if recipe.is_adamw:
             return "AdamW moves each weight by about lr per step; try a smaller lr"
         h = self._curvature(recipe, sgd=False)
-        lam = self.eigenvalues_[0]
+        lam = self._kernel.lambda_max
         scale = (self.n_samples_ if self.loss == "cross_entropy"
                  else self.n_samples_ * self.n_outputs_ / 2)
         return (f"η̃·λ_max(Θ)/{'N' if self.loss == 'cross_entropy' else '(N·C/2)'} = "
@@ -816,7 +893,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
 
     def _predicted(self, metric, quantiles, batches, overrides, on="train"):
         """``(setting, out, band)``: the work of predict_curve, without warnings."""
-        check_is_fitted(self, "ntk_")
+        check_is_fitted(self, "f0_")
         check_choice("metric", metric, METRICS)
         if metric == "error" and not self._has_error_metric():
             raise ValueError("metric='error' needs a classification target: cross-entropy, or MSE "
@@ -926,7 +1003,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
 
     def _seconds_per_step(self, overrides):
         """The measured seconds per step for this call's batch size, or a clear error."""
-        check_is_fitted(self, "ntk_")
+        check_is_fitted(self, "f0_")
         b = self._setting(overrides).recipe.batch_size or self.n_samples_
         measured = getattr(self, "seconds_per_step_", {})
         if b not in measured:
@@ -964,7 +1041,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         spectrum : GramSpectrum
             Fitted on this predictor's eigendecomposition (no new gradients).
         """
-        check_is_fitted(self, "ntk_")
+        check_is_fitted(self, "f0_")
         if self.loss != "mse":
             raise ValueError(f"extrapolate needs loss='mse'; this predictor has loss="
                              f"{self.loss!r}. The subset-to-N extrapolation is derived for the "
@@ -995,7 +1072,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        if hasattr(self, "ntk_"):
+        if "f0_" in self.__dict__:
             self._cache = {}
 
 

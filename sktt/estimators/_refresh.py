@@ -50,7 +50,6 @@ import torch
 
 from ..dynamics import loss_value, simulate, train_error
 from ..gradients import model_outputs
-from ..gram import DenseKernel
 from ..training import run_steps, torch_targets
 from ..utils._torch import model_untouched
 from ._adamw import exact_rows, flat_weights
@@ -203,12 +202,12 @@ def refreshed_curves(est, setting):
         if recipe.weight_decay > 0:
             jw_k = lin.apply({n: named[n].detach() for n in state["names"]}).reshape(F_k.shape)
     info["seconds_relinearise"] = time.perf_counter() - t1
-    info["kernel_trace_ratio"] = float(np.trace(lin.ntk) / np.trace(est.ntk_))
+    info["kernel_trace_ratio"] = float(lin.kernel.trace() / est._kernel.trace())
     problem_k = problem.with_outputs(
         F_k[:n], eval_f0=F_k[n:] if held_out else None,
         jw0=None if jw_k is None else jw_k[:n],
         eval_jw0=None if jw_k is None or not held_out else jw_k[n:])
-    sim = simulate(DenseKernel(lin.ntk, est.n_outputs_, cross=lin.cross), problem_k,
+    sim = simulate(lin.kernel, problem_k,
                    rest_recipe, batches=rest_batches,
                    momentum_buffer=A_k if solver == "discrete" else None)
     return _joined(sim, measured, k, rest, info, t0)

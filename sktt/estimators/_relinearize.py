@@ -57,7 +57,6 @@ import torch
 from ..dynamics import loss_value, simulate, train_error
 from ..dynamics._displacement import stage_displacement
 from ..gradients._probes import JacobianOperator
-from ..gram import DenseKernel
 from ..utils._torch import model_untouched
 from ._linearization import linearize_at, model_at, set_weights
 
@@ -176,7 +175,7 @@ def staged_curves(est, setting):
                 mean_w = {n: sum(p["w"][n] for p in paths) / n_paths for n in names}
                 set_weights(model, mean_w)
                 lin = linearize_at(est, model)
-                kernel, operator = DenseKernel(lin.ntk, est.n_outputs_), lin.operator
+                kernel, operator = lin.kernel, lin.operator
                 info["cut_points"].append(start)
                 info["kernel_trace_ratios"].append(lin.trace / tr0)
                 for p in paths:

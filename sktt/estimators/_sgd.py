@@ -130,7 +130,7 @@ def noise_factor(est, kind):
     cache = est.__dict__.setdefault("_noise_factors", {})
     if kind not in cache:
         if kind == "full":
-            cache[kind] = full_noise_factor(est.ntk_, est.f0_, est.targets_, est.loss)
+            cache[kind] = full_noise_factor(est._kernel.dense(), est.f0_, est.targets_, est.loss)
         elif getattr(est, "projected_jacobian_", None) is not None:
             cache[kind] = diagonal_noise_factor(est.projected_jacobian_, est.f0_, est.targets_,
                                                 est.loss)

@@ -287,8 +287,7 @@ def _report_from_displacement(est, w0, delta, stab, settings, start, *, adamw_mo
     with model_untouched(est.model):
         w1 = {k: (w0[k].to(torch.float64) + delta[k]) for k in w0}
         sub = _probe_samples(est)
-        rows = (sub[:, None] * c + np.arange(c)).ravel()
-        theta0 = est.ntk_[np.ix_(rows, rows)]
+        theta0 = est._kernel.block(sub)
         theta1 = _subset_kernel(est, w1, sub)
     finite1 = bool(np.all(np.isfinite(theta1)))  # the displaced weights may overflow the model
     tr0 = float(np.trace(theta0))
@@ -474,7 +473,7 @@ class TrustMixin:
             these settings (its real steps are run if not done yet), and
             ``relinearize`` when open-loop stages do.
         """
-        check_is_fitted(self, "ntk_")
+        check_is_fitted(self, "f0_")
         if not self._has_trust_state():
             raise ValueError("the trust diagnostic differentiates the model at other weights; "
                              "a predictor fitted with model='precomputed' has no model. Fit "

@@ -26,6 +26,8 @@ layers are sketched from their factors by FFT.
 """
 
 import math
+import os
+import tempfile
 
 import numpy as np
 import torch
@@ -229,11 +231,57 @@ def _parallel_map(func, shared, inputs, chunk_size, n_jobs, verbose):
     return map_chunks(func, chunks, *shared, n_jobs=n_jobs, verbose=verbose)
 
 
+def disk_rows(shape, dtype, directory=None):
+    """A zero-initialised ``numpy.memmap`` for rows that exceed the memory budget.
+
+    The file is created in ``directory`` (None: :func:`tempfile.gettempdir`,
+    i.e. ``$TMPDIR``) and unlinked at once: the mapping keeps the data until
+    the array is garbage-collected, and nothing is left on disk after the process.
+    """
+    fd, path = tempfile.mkstemp(prefix="sktt-rows-", suffix=".f32", dir=directory)
+    try:
+        rows = np.memmap(path, dtype=dtype, mode="w+", shape=shape)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return rows
+
+
 def _parallel_rows(model, names, inputs, projector, chunk_size, n_jobs, verbose, plan=None,
-                   work_bytes=None):
-    parts = _parallel_map(_chunk_rows_task, (model, names, projector, plan, work_bytes),
-                          inputs, chunk_size, n_jobs, verbose)
-    return np.concatenate(parts)
+                   work_bytes=None, out_dtype=None, out=None):
+    """Rows of every chunk; with ``out_dtype``, written chunk by chunk into one
+    preallocated array of that dtype (``out`` if given, e.g. a memmap), so no list
+    of float64 chunks is ever kept."""
+    func_args = (model, names, projector, plan, work_bytes)
+    if out_dtype is None:
+        return np.concatenate(_parallel_map(_chunk_rows_task, func_args, inputs, chunk_size,
+                                            n_jobs, verbose))
+    n = n_samples_of(inputs)
+    starts = list(range(0, n, chunk_size))
+    group = max(1, n_workers_for(n_jobs, len(starts))) * 4  # chunks in flight at a time
+    bar = None
+    if verbose:
+        from tqdm.auto import tqdm  # only when a bar is asked for
+
+        bar = tqdm(total=n, desc="Jacobian rows", unit="sample")
+    try:
+        for g in range(0, len(starts), group):
+            mine = starts[g:g + group]
+            chunks = [index_inputs(inputs, slice(s, s + chunk_size)) for s in mine]
+            parts = map_chunks(_chunk_rows_task, chunks, *func_args, n_jobs=n_jobs,
+                               verbose=max(0, verbose - 1))
+            for start, part in zip(mine, parts):
+                n_out = part.shape[0] // min(chunk_size, n - start)
+                if out is None:
+                    out = np.empty((n * n_out, part.shape[1]), dtype=out_dtype)
+                out[start * n_out:start * n_out + part.shape[0]] = part
+                if bar is not None:
+                    bar.update(part.shape[0] // n_out)
+            del parts, chunks
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
 
 
 def _chunk_rows_task(x, model, names, projector, plan, work_bytes):
@@ -241,13 +289,16 @@ def _chunk_rows_task(x, model, names, projector, plan, work_bytes):
 
 
 def jacobian_rows(model, inputs, names, *, projector=None, chunk_size, n_jobs=None, verbose=0,
-                  jacobian_method="auto", plan=None, work_bytes=None, output=None):
+                  jacobian_method="auto", plan=None, work_bytes=None, out_dtype=None,
+                  out=None, output=None):
     """Jacobian rows (sample-major, row ``i·C + c``) for parameters ``names``.
 
     Returns an ``(N·C, D0)`` array if ``projector`` is given, else ``(N·C, Σ d)``.
     ``plan`` (from :func:`resolve_layerwise_plan`) skips the probe when already known;
-    ``work_bytes`` bounds the temporaries of one layer on one chunk; ``output`` selects
-    the logits in the model's output (:func:`select_logits`).
+    ``work_bytes`` bounds the temporaries of one layer on one chunk; ``out_dtype``
+    (e.g. float32) stores the rows in one preallocated array of that dtype as the
+    chunks arrive (into ``out`` when given: a preallocated array or memmap);
+    ``output`` selects the logits in the model's output (:func:`select_logits`).
     """
     inputs = as_model_inputs(inputs).bind_output(output)
     if plan is None and jacobian_method != "functorch":
@@ -255,7 +306,7 @@ def jacobian_rows(model, inputs, names, *, projector=None, chunk_size, n_jobs=No
     if work_bytes is None:
         work_bytes = 256 * 1024**2
     return _parallel_rows(model, names, inputs, projector, chunk_size, n_jobs, verbose, plan,
-                          work_bytes)
+                          work_bytes, out_dtype if out is None else out.dtype, out)
 
 
 def _too_big_for_exact_ntk(name, n_rows, need, budget):
@@ -290,7 +341,7 @@ def group_parameters(named_sizes, n_rows, budget, *, too_big=_too_big_for_exact_
 
 def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projection_dim=2048,
                    seed=0, chunk_size=None, n_jobs=None, max_memory, verbose=0,
-                   jacobian_method="auto", output=None):
+                   jacobian_method="auto", form_ntk=True, rows_dir=None, output=None):
     """The empirical NTK Θ (float64, ``(N·C, N·C)``) and, if projected, the projected rows.
 
     Parameters
@@ -313,6 +364,13 @@ def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projecti
         Bytes.
     jacobian_method : {"auto", "layerwise", "functorch"}, default="auto"
         How per-sample gradients are computed (see the module docstring).
+    form_ntk : bool, default=True
+        False (projected only): return the rows without forming Θ (the
+        factored kernel, :class:`sktt.gram.FactoredKernel`). Rows that exceed
+        ``max_memory`` then go to a ``numpy.memmap`` (:func:`disk_rows`) instead
+        of raising.
+    rows_dir : str or None, default=None
+        Directory of that memmap (None: the system's temporary directory).
     output : None, str, int or callable, default=None
         Which part of the model's output are the logits (:func:`select_logits`):
         None takes a tensor as is, ``.logits`` of a ``transformers`` output,
@@ -320,18 +378,26 @@ def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projecti
 
     Returns
     -------
-    ntk : ndarray of shape (N·C, N·C)
-    rows : ndarray of shape (N·C, projection_dim) or None
+    ntk : ndarray of shape (N·C, N·C), or None with ``form_ntk=False``
+    rows : ndarray of shape (N·C, projection_dim), float32, or None
+        The projected rows, stored in float32 (Θ, when formed, is their float64
+        product, so the dense and the factored kernel are the same Θ̃).
     """
     inputs = as_model_inputs(inputs).bind_output(output)
     n = n_samples_of(inputs)
     n_rows = n * n_outputs
-    ntk_bytes = n_rows * n_rows * 8
+    if not form_ntk and projection is None:
+        raise ValueError("form_ntk=False keeps the projected rows instead of Θ; it needs a "
+                         "projection (projection='countsketch', ...).")
+    ntk_bytes = n_rows * n_rows * 8 if form_ntk else 0
     if ntk_bytes > max_memory:
         raise MemoryBudgetError(
             f"Θ for N={n} samples × C={n_outputs} outputs is {n_rows}×{n_rows} float64 = "
-            f"{format_bytes(ntk_bytes)}, more than max_memory={format_bytes(max_memory)}. Raise "
-            "max_memory, or measure the spectrum on a subset and extrapolate with GramSpectrum.")
+            f"{format_bytes(ntk_bytes)}, more than max_memory={format_bytes(max_memory)}. "
+            "Options: raise max_memory; use a projection with the factored kernel "
+            "(projection='countsketch', ntk='factored': the projected rows take "
+            f"{format_bytes(n_rows * 4)} per projection dimension and Θ is never formed); "
+            "or measure the spectrum on a subset and extrapolate with GramSpectrum.")
     plan = resolve_layerwise_plan(model, inputs, names, jacobian_method)
     params = dict(model.named_parameters())
     sizes = [(name, params[name].numel()) for name in names]
@@ -340,20 +406,33 @@ def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projecti
     itemsize = torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4
     budget = max_memory - ntk_bytes
     if projection is not None:
-        rows_bytes = n_rows * projection_dim * 8
+        rows_bytes = n_rows * projection_dim * 4
+        on_disk = not form_ntk and rows_bytes > budget // 2
+        if on_disk:  # the rows live in a memmap; memory holds the chunks in flight
+            rows_bytes = 0
         if rows_bytes > budget:
             raise MemoryBudgetError(
-                f"the projected Jacobian is {n_rows}×{projection_dim} float64 = "
-                f"{format_bytes(rows_bytes)}; with Θ it exceeds max_memory="
-                f"{format_bytes(max_memory)}. Lower projection_dim or raise max_memory.")
+                f"the projected Jacobian is {n_rows}×{projection_dim} float32 = "
+                f"{format_bytes(rows_bytes)}"
+                + (f"; with Θ ({format_bytes(ntk_bytes)}) it" if ntk_bytes else ", which")
+                + f" exceeds max_memory={format_bytes(max_memory)}. Options: lower "
+                "projection_dim, raise max_memory"
+                + (", use ntk='factored' (Θ never formed)" if ntk_bytes else "")
+                + ", or fit on a subset and extrapolate with GramSpectrum.")
         projector = BlockProjector(projection, projection_dim, seed)
         avail = budget - rows_bytes
         chunk_size, work_bytes = _chunk_plan(plan, n, n_outputs, n_params, itemsize, max_memory,
                                              avail, chunk_size, n_jobs)
         rows = jacobian_rows(model, inputs, names, projector=projector, chunk_size=chunk_size,
                              n_jobs=n_jobs, verbose=verbose, plan=plan, work_bytes=work_bytes,
-                             jacobian_method="functorch" if plan is None else jacobian_method)
-        return rows @ rows.T, rows
+                             jacobian_method="functorch" if plan is None else jacobian_method,
+                             out_dtype=np.float32,
+                             out=disk_rows((n_rows, projection_dim), np.float32, rows_dir)
+                             if on_disk else None)
+        if not form_ntk:
+            return None, rows
+        rows64 = rows.astype(np.float64)
+        return rows64 @ rows64.T, rows
     if plan is not None:
         return _layerwise_exact(model, inputs, names, plan, n_outputs, n_params, itemsize,
                                 max_memory, budget, chunk_size, n_jobs, verbose), None

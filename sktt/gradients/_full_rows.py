@@ -7,6 +7,7 @@ chunking, the projection and the per-sample gradient paths are those of
 :func:`~sktt.gradients.ntk_from_model`, so ``rows @ rows.T`` is its Θ.
 """
 
+import numpy as np
 import torch
 
 from ..exceptions import MemoryBudgetError
@@ -22,7 +23,7 @@ __all__ = ["full_jacobian_rows"]
 def full_jacobian_rows(model, inputs, names, *, n_outputs, projection=None, projection_dim=2048,
                        seed=0, chunk_size=None, n_jobs=None, max_memory, verbose=0,
                        jacobian_method="auto", output=None):
-    """Sample-major Jacobian rows ``(N·C, D0)`` (projected) or ``(N·C, D)`` (exact), float64.
+    """Sample-major Jacobian rows ``(N·C, D0)`` (projected, float32) or ``(N·C, D)`` (exact, float64).
 
     Parameters
     ----------
@@ -81,6 +82,9 @@ def full_jacobian_rows(model, inputs, names, *, n_outputs, projection=None, proj
     chunk_size, work_bytes = _chunk_plan(plan, n, n_outputs, n_params, itemsize, max_memory,
                                          avail, chunk_size, n_jobs)
     projector = None if projection is None else BlockProjector(projection, projection_dim, seed)
+    # projected rows are rounded to float32 as ntk_from_model stores them, so a
+    # pipeline and the one-object predictor hold the same kernel
     return jacobian_rows(model, inputs, names, projector=projector, chunk_size=chunk_size,
                          n_jobs=n_jobs, verbose=verbose, plan=plan, work_bytes=work_bytes,
-                         jacobian_method="functorch" if plan is None else jacobian_method)
+                         jacobian_method="functorch" if plan is None else jacobian_method,
+                         out_dtype=None if projection is None else np.float32)

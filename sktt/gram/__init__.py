@@ -2,11 +2,12 @@
 
 from ._power_law import (count_positive, extrapolate_eigenvalues, extrapolated_exponent,
                          fit_power_law, fit_projection_tail, select_fit_range)
-from ._kernels import DenseKernel, SpectralKernel, batch_rows
+from ._kernels import DenseKernel, FactoredKernel, SpectralKernel, batch_rows, top_eigenvalue
 from ._spectrum import check_ntk, ntk_eigh
 
 __all__ = [
     "DenseKernel",
+    "FactoredKernel",
     "SpectralKernel",
     "batch_rows",
     "check_ntk",
@@ -17,4 +18,5 @@ __all__ = [
     "fit_projection_tail",
     "ntk_eigh",
     "select_fit_range",
+    "top_eigenvalue",
 ]

@@ -12,17 +12,54 @@ ask a kernel operator for
 * :meth:`~DenseKernel.eigh` and :attr:`~DenseKernel.lambda_max`, only where a
   solver needs them (MSE closed form, spectra).
 
-:class:`DenseKernel` keeps the (N·C × N·C) matrix. A factored kernel (projected
-Jacobian rows :math:`\tilde J`, :math:`\Theta = \tilde J\tilde J^\top` never
-formed) plugs in with the same methods. Rows are sample-major (``i·C + c``).
+:class:`DenseKernel` keeps the (N·C × N·C) matrix. :class:`FactoredKernel` keeps
+the projected Jacobian rows :math:`\tilde J` (N·C × D0, float32 storage) and
+never forms :math:`\Theta = \tilde J\tilde J^\top`: it has the same methods
+(each a product through :math:`\tilde J^\top` then :math:`\tilde J`,
+accumulated in float64), and the discrete solver runs it in the D0-dim sketch
+space instead (:mod:`sktt.dynamics._factored`). Rows are sample-major (``i·C + c``).
+
+λ_max
+-----
+No solver but the MSE closed form and the spectra needs the eigendecomposition,
+so :attr:`~DenseKernel.lambda_max` runs Lanczos (``scipy.sparse.linalg.eigsh``)
+on the kernel operator unless the decomposition is already known. For the
+factored kernel it runs on :math:`\tilde J^\top\tilde J` (D0 × D0, the same
+non-zero spectrum) through two products with the rows per iteration.
 """
 
 import numpy as np
 from scipy.sparse import csr_matrix
+from scipy.sparse.linalg import LinearOperator, eigsh
 
-from ._spectrum import ntk_eigh
+from ._spectrum import check_ntk, ntk_eigh
 
-__all__ = ["DenseKernel", "SpectralKernel", "batch_rows"]
+__all__ = ["DenseKernel", "FactoredKernel", "SpectralKernel", "batch_rows", "top_eigenvalue"]
+
+# below this size a dense symmetric eigensolver is faster and exact
+_LANCZOS_MIN_DIM = 64
+
+
+def top_eigenvalue(matvec, dim, *, tol=1e-10):
+    """Largest eigenvalue of a symmetric PSD operator: Lanczos, dense below 64 dimensions.
+
+    Parameters
+    ----------
+    matvec : callable
+        ``v ↦ K v`` for ``v`` of shape (dim,).
+    dim : int
+    tol : float, default=1e-10
+        Relative accuracy of the Ritz value (``eigsh``'s ``tol``).
+
+    Returns
+    -------
+    float
+    """
+    if dim <= _LANCZOS_MIN_DIM:
+        return float(np.linalg.eigvalsh(np.column_stack([matvec(e) for e in np.eye(dim)]))[-1])
+    op = LinearOperator((dim, dim), matvec=matvec, dtype=np.float64)
+    v0 = np.full(dim, 1.0 / np.sqrt(dim))  # deterministic start
+    return float(eigsh(op, k=1, which="LA", tol=tol, v0=v0, return_eigenvectors=False)[0])
 
 
 def batch_rows(idx, n_outputs):
@@ -117,12 +154,198 @@ class DenseKernel:
         return self._eigh
 
     @property
+    def has_eigh(self):
+        """Whether the eigendecomposition is already known (no cost to read it)."""
+        return self._eigh is not None
+
+    @property
     def lambda_max(self):
-        """Largest eigenvalue of Θ."""
-        return float(self.eigh()[0][0])
+        """Largest eigenvalue of Θ: from the decomposition if known, else Lanczos (cached)."""
+        if self._eigh is not None:
+            return float(self._eigh[0][0])
+        if getattr(self, "_lambda_max", None) is None:
+            self._lambda_max = max(top_eigenvalue(lambda v: self.ntk @ v, self.n_train_rows), 0.0)
+        return self._lambda_max
+
+    def matvec(self, v):
+        """Θ v for v of shape (N·C,)."""
+        return self.ntk @ v
+
+    def dense(self):
+        """Θ itself."""
+        return self.ntk
 
     def trace(self):
         return float(np.trace(self.ntk))
+
+
+class FactoredKernel:
+    r"""Θ = J̃ J̃ᵀ kept as its rows J̃, optionally with held-out rows J̃_eval.
+
+    Parameters
+    ----------
+    rows : ndarray of shape (N·C, D0)
+        Projected Jacobian rows of the training outputs (sample-major); float32
+        storage is enough (every product accumulates in float64); may be a
+        ``numpy.memmap``.
+    n_outputs : int
+        C.
+    eval_rows : ndarray of shape (N_eval·C, D0), optional
+        Rows of held-out outputs: Θ(train, eval) = J̃ J̃_evalᵀ, never formed either.
+    block_bytes : int, default=64 MiB
+        Bytes of float64 temporaries one blocked product may hold.
+
+    Notes
+    -----
+    Every method is a product through :math:`\tilde J^\top` then
+    :math:`\tilde J`, ``O(N·C·D0)`` per vector instead of ``O((N·C)^2)``
+    (:meth:`batch_product`: ``O(b·C·D0)`` for the first factor). The discrete
+    solver does better still: it keeps the state in the sketch space
+    (:mod:`sktt.dynamics._factored`).
+    """
+
+    factored = True
+
+    def __init__(self, rows, n_outputs, eval_rows=None, *, block_bytes=64 * 1024**2):
+        if rows.ndim != 2 or rows.shape[0] % int(n_outputs):
+            raise ValueError(f"rows must have shape (N·C, D0) with C={n_outputs}; got "
+                             f"{rows.shape}.")
+        if eval_rows is not None and (eval_rows.ndim != 2 or eval_rows.shape[1] != rows.shape[1]
+                                      or eval_rows.shape[0] % int(n_outputs)):
+            raise ValueError(f"eval_rows must have shape (N_eval·C, {rows.shape[1]}); got "
+                             f"{eval_rows.shape}.")
+        self.rows = rows
+        self.n_outputs = int(n_outputs)
+        self.eval_rows = eval_rows
+        self.block_bytes = int(block_bytes)
+        self._eigh = None
+        self._lambda_max = None
+
+    @property
+    def n_train_rows(self):
+        return self.rows.shape[0]
+
+    @property
+    def n_eval_rows(self):
+        return 0 if self.eval_rows is None else self.eval_rows.shape[0]
+
+    @property
+    def dim(self):
+        """D0, the sketch dimension."""
+        return self.rows.shape[1]
+
+    def row_blocks(self, width=1, *, eval_rows=False):
+        """``(start, stop)`` row ranges, whole samples each, sized so that a float64
+        ``(stop − start, max(D0, width))`` temporary fits ``block_bytes``."""
+        n_rows = self.n_eval_rows if eval_rows else self.n_train_rows
+        per = max(1, self.block_bytes // (8 * max(self.dim, int(width)) * self.n_outputs))
+        step = per * self.n_outputs
+        return [(s, min(s + step, n_rows)) for s in range(0, n_rows, step)]
+
+    def gather(self, idx):
+        """J̃ of the samples ``idx`` (shape (..., b)), float64 (..., b·C, D0)."""
+        idx = np.asarray(idx)
+        per_sample = self.rows.reshape(-1, self.n_outputs, self.dim)  # (N, C, D0), no copy
+        # whole samples at a time: contiguous (C, D0) blocks, one float64 copy
+        picked = np.asarray(per_sample[idx.reshape(-1)], dtype=np.float64)
+        return picked.reshape(*idx.shape[:-1], idx.shape[-1] * self.n_outputs, self.dim)
+
+    def transpose_product(self, grad):
+        """J̃ᵀ g for g of shape (P, N·C) (training rows): (P, D0), blocked."""
+        grad = np.asarray(grad, dtype=np.float64)
+        out = np.zeros((grad.shape[0], self.dim))
+        for s, e in self.row_blocks():
+            out += grad[:, s:e] @ np.asarray(self.rows[s:e], dtype=np.float64)
+        return out
+
+    def batch_transpose_product(self, grad_b, idx):
+        """J̃_Bᵀ g_B per path: grad_b (P, b, C), idx (P, b) → (P, D0)."""
+        rows = self.gather(idx)  # (P, b·C, D0)
+        return (np.asarray(grad_b).reshape(rows.shape[0], 1, -1) @ rows)[:, 0]
+
+    def apply(self, coef):
+        """J̃ u for u of shape (P, D0): (P, (N + N_eval)·C), blocked, float64."""
+        coef = np.asarray(coef, dtype=np.float64)
+        parts = [self.rows] if self.eval_rows is None else [self.rows, self.eval_rows]
+        out = []
+        for part, is_eval in zip(parts, (False, True)):
+            block = np.empty((coef.shape[0], part.shape[0]))
+            for s, e in self.row_blocks(eval_rows=is_eval):
+                block[:, s:e] = coef @ np.asarray(part[s:e], dtype=np.float64).T
+            out.append(block)
+        return out[0] if len(out) == 1 else np.concatenate(out, axis=1)
+
+    def full_product(self, grad):
+        """Outputs' change for a gradient on every training row (as :class:`DenseKernel`)."""
+        return self.apply(self.transpose_product(grad))
+
+    def batch_product(self, grad_b, idx):
+        """Outputs' change for batch gradients on the rows of ``idx`` (as :class:`DenseKernel`)."""
+        return self.apply(self.batch_transpose_product(grad_b, idx))
+
+    def block(self, idx):
+        """Θ_BB = J̃_B J̃_Bᵀ for the samples ``idx`` (1-D)."""
+        rows = self.gather(np.asarray(idx))
+        return rows @ rows.T
+
+    def matvec(self, v):
+        """Θ v = J̃(J̃ᵀv) for v of shape (N·C,)."""
+        return self.apply(self.transpose_product(np.asarray(v)[None]))[0, :self.n_train_rows]
+
+    def gram(self):
+        """J̃ᵀJ̃ (D0 × D0, float64): the same non-zero spectrum as Θ."""
+        out = np.zeros((self.dim, self.dim))
+        for s, e in self.row_blocks():
+            block = np.asarray(self.rows[s:e], dtype=np.float64)
+            out += block.T @ block
+        return out
+
+    @property
+    def lambda_max(self):
+        """Largest eigenvalue of Θ (Lanczos on J̃ᵀJ̃ or on Θ, whichever is smaller; cached)."""
+        if self._eigh is not None:
+            return float(self._eigh[0][0])
+        if self._lambda_max is None:
+            if self.dim <= self.n_train_rows:
+                op = lambda u: self.transpose_product(self.apply(u[None])[:, :self.n_train_rows])[0]
+                lam = top_eigenvalue(op, self.dim)
+            else:
+                lam = top_eigenvalue(self.matvec, self.n_train_rows)
+            self._lambda_max = max(lam, 0.0)
+        return self._lambda_max
+
+    @property
+    def has_eigh(self):
+        return self._eigh is not None
+
+    def dense(self):
+        """Θ = J̃J̃ᵀ formed (float64, (N·C)² × 8 bytes): only when asked for."""
+        out = np.empty((self.n_train_rows, self.n_train_rows))
+        for s, e in self.row_blocks(width=self.n_train_rows):
+            out[s:e] = np.asarray(self.rows[s:e], dtype=np.float64) @ np.asarray(
+                self.rows, dtype=np.float64).T
+        return check_ntk(out)
+
+    def cross_kernel(self):
+        """Θ(train, eval) = J̃ J̃_evalᵀ formed, or None."""
+        if self.eval_rows is None:
+            return None
+        return np.asarray(self.rows, dtype=np.float64) @ np.asarray(self.eval_rows,
+                                                                    dtype=np.float64).T
+
+    def eigh(self):
+        """Eigendecomposition of the formed Θ (solvers that need it: MSE closed form, spectra)."""
+        if self._eigh is None:
+            self._eigh = ntk_eigh(self.dense())
+        return self._eigh
+
+    def trace(self):
+        return float(sum(np.square(np.asarray(self.rows[s:e], dtype=np.float64)).sum()
+                         for s, e in self.row_blocks()))
+
+    def as_dense(self):
+        """The equivalent :class:`DenseKernel` (Θ and the cross-kernel formed)."""
+        return DenseKernel(self.dense(), self.n_outputs, cross=self.cross_kernel(), eigh=self._eigh)
 
 
 class SpectralKernel:

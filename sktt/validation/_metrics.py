@@ -400,7 +400,7 @@ def compare_with_real(predictor, X, y=None, *, eps=(0.01, 0.03), metric="loss", 
     >>> res.real_times.shape, res.relative_error.shape
     ((1, 2), (1, 2))
     """
-    if not hasattr(predictor, "ntk_") or not hasattr(predictor, "get_recipe"):
+    if not hasattr(predictor, "f0_") or not hasattr(predictor, "get_recipe"):
         raise TypeError("predictor must be a fitted TrainingTimePredictor; call fit(X, y) first.")
     if not isinstance(predictor.model, torch.nn.Module):
         raise ValueError(f"compare_with_real trains predictor.model for real, but the predictor "

@@ -1,0 +1,166 @@
+"""Scale: fit and a grid of settings at N = 1 000 .. 20 000 samples, C = 10 (issue 14).
+
+For each N, in its own child process (so the peak RSS is that N's), on a small
+convnet over random-but-fixed 3×32×32 inputs (seeded), this measures
+
+* ``fit``: ``TrainingTimePredictor.fit`` with ``projection="countsketch"``,
+  ``projection_dim=1024``, ``ntk="auto"`` (the mode it picked is printed), the
+  trust diagnostic included (its share printed apart);
+* ``grid``: six settings (lr × momentum) of SGD with b = 32, T = 1000 steps,
+  4 simulated paths, each one ``predict_curve`` (the full curve of every path)
+  and ``predict_time`` at ε = 10 % of that setting's predicted loss drop, with
+  the setting as overrides: seconds per setting;
+* ``real``: one real 1000-step SGD run (b = 32, ``torch.optim.SGD``, the same
+  batches a DataLoader would draw) of a copy of the model, timed in the same
+  process — what one setting costs without sktt (no evaluation passes);
+* ``peak RSS``: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of the child.
+
+It prints one line per N and how fit and grid time grow with N. Targets (issue
+14) at N = 20 000: peak RSS ≤ 4 GiB, fit + 6-setting grid ≤ 10 min on the
+2-core development machine, every setting's dynamics cheaper than its real run.
+
+Usage::
+
+    python benchmarks/bench_scale.py                      # N = 1000, 5000, 20000
+    python benchmarks/bench_scale.py --sizes 1000 --steps 200   # a quick look
+
+Threads: one torch/BLAS thread by default (``--threads``), as the other
+benchmarks on the shared development cores.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import warnings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+GRID = [(0.05, 0.0), (0.1, 0.0), (0.3, 0.0), (0.01, 0.9), (0.03, 0.9), (0.1, 0.5)]
+EPS_FRACTION = 0.1  # ε = this fraction of the predicted loss drop L_0 − L_T of each setting
+
+
+def _model(torch, n_classes):
+    torch.manual_seed(0)
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(), nn.Linear(128, n_classes)).eval()
+
+
+def _child(args):
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import numpy as np
+    import torch
+
+    from sktt import TrainingTimePredictor
+    from sktt.exceptions import DivergenceError
+    from sktt.utils._batches import dataloader_batches
+
+    torch.set_num_threads(args.threads)
+    n, c = args.n, args.classes
+    model = _model(torch, c)
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(n, 3, 32, 32, generator=g)
+    y = torch.randint(0, c, (n,), generator=g)
+    out = {"n": n, "n_params": sum(p.numel() for p in model.parameters())}
+
+    ttp = TrainingTimePredictor(model, lr=GRID[0][0], batch_size=args.batch, n_steps=args.steps,
+                                n_paths=args.paths, projection="countsketch",
+                                projection_dim=args.dim, max_memory=args.max_memory,
+                                random_state=0)
+    t0 = time.perf_counter()
+    ttp.fit(X, y)
+    out["fit_s"] = time.perf_counter() - t0
+    out["trust_s"] = getattr(ttp, "trust_seconds_", float("nan"))
+    out["mode"] = ttp.ntk_mode_
+    out["rss_after_fit_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+    grid = []
+    for lr, m in GRID:
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # divergence and trust warnings: reported below
+            curve = ttp.predict_curve(lr=lr, momentum=m)  # every path's full curve
+            eps = EPS_FRACTION * abs(curve[0] - curve[-1])
+            try:
+                steps = int(ttp.predict_time(eps=eps, lr=lr, momentum=m)) if eps > 0 else 0
+            except DivergenceError:
+                steps = -1
+        grid.append({"lr": lr, "momentum": m, "seconds": time.perf_counter() - t0,
+                     "T_eps": steps, "L0": float(curve[0]), "LT": float(curve[-1])})
+    out["grid"] = grid
+
+    # one real run of the first setting: torch SGD on the batches of a shuffling DataLoader
+    net = _model(torch, c).train()
+    net.load_state_dict(model.state_dict())
+    opt = torch.optim.SGD(net.parameters(), lr=GRID[0][0])
+    batches = dataloader_batches(n, args.batch, args.steps, seed=ttp.dataloader_seed(0))
+    lossf = torch.nn.CrossEntropyLoss()
+    t0 = time.perf_counter()
+    for idx in batches:
+        idx = torch.as_tensor(np.asarray(idx))
+        opt.zero_grad()
+        lossf(net(X[idx]), y[idx]).backward()
+        opt.step()
+    out["real_s"] = time.perf_counter() - t0
+    out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 20000])
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--dim", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--paths", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--max-memory", default="3GB")
+    parser.add_argument("--n", type=int, help=argparse.SUPPRESS)  # child process
+    args = parser.parse_args()
+    if args.n is not None:
+        return _child(args)
+    print(f"convnet on 3x32x32, C={args.classes}, countsketch D0={args.dim}, SGD b={args.batch}, "
+          f"T={args.steps}, {args.paths} paths, {len(GRID)} settings, {args.threads} thread(s), "
+          f"max_memory={args.max_memory}", flush=True)
+    rows = []
+    for n in args.sizes:
+        cmd = [sys.executable, __file__, "--n", str(n)] + [
+            a for k, v in vars(args).items() if k not in ("n", "sizes")
+            for a in (f"--{k.replace('_', '-')}", str(v))]
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+        line = [s for s in proc.stdout.splitlines() if s.startswith("RESULT ")]
+        if proc.returncode or not line:
+            print(f"N={n}: failed (rc {proc.returncode})\n{proc.stderr[-3000:]}", flush=True)
+            continue
+        r = json.loads(line[0][7:])
+        rows.append(r)
+        grid_s = [s["seconds"] for s in r["grid"]]
+        print(f"N={n:6d} ({r['n_params']} params) mode={r['mode']:8s} fit {r['fit_s']:7.1f} s "
+              f"(trust {r['trust_s']:.1f} s = {100 * r['trust_s'] / r['fit_s']:.0f} %), grid "
+              f"{sum(grid_s):7.1f} s ({min(grid_s):.1f}-{max(grid_s):.1f} s/setting), "
+              f"fit+grid {r['fit_s'] + sum(grid_s):7.1f} s, real 1000-step run "
+              f"{r['real_s']:6.1f} s, peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
+        print("        (lr, momentum): L_0 -> L_T, T_eps at eps = 10 % of the drop: " + ", ".join(
+            f"({s['lr']:g}, {s['momentum']:g}): {s['L0']:.3f} -> {s['LT']:.3f}, {s['T_eps']}"
+            for s in r["grid"]), flush=True)
+    for a, b in zip(rows, rows[1:]):
+        ratio = b["n"] / a["n"]
+        grow = lambda key: b[key] / a[key]  # noqa: E731
+        grid_a = sum(s["seconds"] for s in a["grid"])
+        grid_b = sum(s["seconds"] for s in b["grid"])
+        print(f"N {a['n']} -> {b['n']} (x{ratio:g}): fit x{grow('fit_s'):.2f}, grid "
+              f"x{grid_b / grid_a:.2f}, peak RSS x{grow('peak_rss_gib'):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+r"""Which kernel a fit keeps (dense Θ or the factored rows J̃), and what a prediction may hold.
+
+The choice (``ntk`` parameter of :class:`~sktt.TrainingTimePredictor`)
+-----------------------------------------------------------------------
+Without a projection the exact Θ is the only kernel there is: ``"dense"``.
+With one, the rows J̃ (N·C × D0) are the kernel and Θ̃ = J̃J̃ᵀ is optional. Costs,
+for P paths of T steps of batch b and a grid of G settings:
+
+==============  ==============================  ==============================
+                fit (beyond the rows)           one setting
+==============  ==============================  ==============================
+``"dense"``     (N·C)²·D0 to form Θ,            P·T·b·C·N·C (batch columns
+                (N·C)²·8 bytes                  of Θ, every output moved)
+``"factored"``  nothing, N·C·D0·4 bytes         P·T·N·C·D0 (curves from the
+                                                sketch-space states)
+==============  ==============================  ==============================
+
+So a dense step is cheaper by D0/(b·C), but forming Θ̃ costs as much as
+N·C/(P·T) factored settings and its memory grows as (N·C)². ``"auto"``
+picks ``"dense"`` iff Θ̃ (plus the float64 copy of the rows it is formed from)
+fits in half of ``max_memory`` *and* N·C ≤ P·T (forming it costs at most one
+factored setting, with the estimator's own ``n_paths`` and ``n_steps``);
+otherwise ``"factored"``. Both give the same curves to round-off
+(``tests/test_factored.py``).
+
+Memory at predict time
+----------------------
+A prediction holds its P paths' curves and state: for the dense solver the
+outputs and momentum images ((N + N_eval)·C per path, a few copies), for the
+factored one the stored sketch-space states (T + 1)·P·(D0 + 2) and one block of
+outputs (64 MiB). :func:`check_predict_memory` raises
+:class:`~sktt.exceptions.MemoryBudgetError` when that, next to the kernel,
+exceeds ``max_memory``.
+"""
+
+import numpy as np
+
+from ..dynamics._factored import states_bytes
+from ..exceptions import MemoryBudgetError
+from ..utils import format_bytes
+
+__all__ = ["NTK_MODES", "resolve_ntk_mode", "kernel_bytes", "check_predict_memory"]
+
+NTK_MODES = ("auto", "dense", "factored")
+_DENSE_COPIES = 6  # (P, N·C) float64 arrays the dense step loop holds (F, A, U, grad, ...)
+
+
+def resolve_ntk_mode(ntk, *, projection, n_rows, projection_dim, max_memory, n_steps, n_paths):
+    """The kernel a fit keeps: "dense" or "factored" (see the module docstring).
+
+    Raises
+    ------
+    ValueError
+        ``ntk="factored"`` without a projection.
+    """
+    if ntk == "factored" and projection is None:
+        raise ValueError("ntk='factored' keeps the projected Jacobian rows instead of Θ; it "
+                         "needs a projection (projection='countsketch', projection_dim=...). "
+                         "Without one, use ntk='dense' or 'auto'.")
+    if ntk != "auto":
+        return ntk
+    if projection is None:
+        return "dense"
+    dense_bytes = n_rows * n_rows * 8 + n_rows * projection_dim * 8
+    fits = 2 * dense_bytes <= max_memory
+    return "dense" if fits and n_rows <= n_steps * max(1, n_paths) else "factored"
+
+
+def kernel_bytes(kernel):
+    """Bytes the fitted kernel holds (Θ and the cross-kernel, or the rows)."""
+    if getattr(kernel, "factored", False):  # rows in a memmap live on disk
+        parts = [r for r in (kernel.rows, kernel.eval_rows) if r is not None]
+        return sum(0 if isinstance(r, np.memmap) else r.nbytes for r in parts)
+    cross = 0 if kernel.cross is None else kernel.cross.nbytes
+    return kernel.ntk.nbytes + cross
+
+
+def check_predict_memory(kernel, recipe, n_paths, n_all_rows, max_memory):
+    """Raise MemoryBudgetError if one prediction's peak exceeds ``max_memory``.
+
+    Parameters
+    ----------
+    kernel : DenseKernel or FactoredKernel
+    recipe : TrainingRecipe
+    n_paths : int
+    n_all_rows : int
+        (N + N_eval)·C.
+    max_memory : int
+    """
+    curves = 4 * n_paths * (recipe.n_steps + 1) * 8
+    if getattr(kernel, "factored", False):
+        # one block of outputs at every stored state, and the loss's temporaries of it
+        block = min(kernel.block_bytes, 8 * (recipe.n_steps + 1) * n_paths * n_all_rows)
+        work = states_bytes(kernel, recipe, n_paths) + 6 * block
+    else:
+        work = _DENSE_COPIES * n_paths * n_all_rows * 8
+    need = kernel_bytes(kernel) + curves + work
+    if need > max_memory:
+        raise MemoryBudgetError(
+            f"this prediction ({n_paths} paths × {recipe.n_steps} steps) needs about "
+            f"{format_bytes(need)} (kernel {format_bytes(kernel_bytes(kernel))}, curves and "
+            f"solver state {format_bytes(curves + work)}), more than max_memory="
+            f"{format_bytes(max_memory)}. Options: fewer n_paths or n_steps, a smaller "
+            "projection_dim, ntk='factored' (the rows instead of Θ), or raise max_memory.")

@@ -1,0 +1,197 @@
+"""The factored kernel J̃ (never Θ = J̃J̃ᵀ) against the dense Θ̃ built from the same rows.
+
+The sketch-space simulation (sktt.dynamics._factored) is the same recursion as the
+dense one (sktt.dynamics._discrete) in other coordinates, so every curve, T_ε and
+band must agree to round-off, for every recipe term.
+"""
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_allclose
+
+from sktt import TrainingTimePredictor
+from sktt.dynamics import LinearizedProblem, TrainingRecipe, check_batches, simulate
+from sktt.exceptions import MemoryBudgetError
+from sktt.gram import DenseKernel, FactoredKernel, ntk_eigh
+
+RECIPES = {
+    "gd": dict(lr=0.5),
+    "sgd": dict(lr=0.5, batch_size=8),
+    "momentum": dict(lr=0.2, momentum=0.9, batch_size=8),
+    "weight_decay": dict(lr=0.3, momentum=0.5, weight_decay=0.05, batch_size=8),
+    "nesterov": dict(lr=0.2, momentum=0.8, nesterov=True, batch_size=8),
+    "dampening": dict(lr=0.2, momentum=0.8, dampening=0.3, batch_size=8),
+    "schedule": dict(lr=0.5, lr_schedule=list(np.linspace(0.5, 0.05, 40)), batch_size=8),
+    "gd_wd_nesterov": dict(lr=0.3, momentum=0.7, nesterov=True, weight_decay=0.02),
+}
+
+
+def _problem(rng, n, c, n_eval, loss, d):
+    rows = rng.standard_normal(((n + n_eval) * c, d)).astype(np.float32) / np.sqrt(d)
+    f0 = rng.standard_normal((n + n_eval, c))
+    jw0 = rng.standard_normal((n + n_eval, c))
+    if loss == "cross_entropy":
+        y = rng.integers(0, c, n + n_eval)
+        labels = y
+    else:
+        y = rng.standard_normal((n + n_eval, c))
+        labels = np.argmax(y, axis=1)
+    problem = LinearizedProblem(f0[:n], y[:n], loss, labels=labels[:n], jw0=jw0[:n],
+                                eval_f0=f0[n:] if n_eval else None,
+                                eval_targets=y[n:] if n_eval else None,
+                                eval_labels=labels[n:] if n_eval else None,
+                                eval_jw0=jw0[n:] if n_eval else None)
+    train, held = rows[:n * c], rows[n * c:] if n_eval else None
+    t64 = train.astype(np.float64)
+    dense = DenseKernel(t64 @ t64.T, c,
+                        cross=None if held is None else t64 @ held.astype(np.float64).T)
+    # tiny blocks so that the blocked products cross many block boundaries
+    factored = FactoredKernel(train, c, eval_rows=held, block_bytes=4096)
+    return problem, dense, factored
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_factored_simulation_equals_dense(name, loss):
+    rng = np.random.default_rng(0)
+    n, c, n_eval, d, T = 24, 3, 7, 40, 40
+    problem, dense, factored = _problem(rng, n, c, n_eval, loss, d)
+    params = dict(RECIPES[name])
+    schedule = params.pop("lr_schedule", None)
+    recipe = TrainingRecipe.from_params(dict(n_steps=T, solver="discrete", **params),
+                                        learning_rates=schedule)
+    batches = None
+    if recipe.batch_size is not None:
+        batches = check_batches([np.stack([rng.choice(n, recipe.batch_size, replace=False)
+                                           for _ in range(3)]) for _ in range(T)], n, T)
+    a = simulate(dense, problem, recipe, batches=batches)
+    b = simulate(factored, problem, recipe, batches=batches)
+    for key in ("loss", "error", "eval_loss", "eval_error"):
+        assert a[key] is not None and a[key].shape == b[key].shape
+        assert_allclose(b[key], a[key], rtol=1e-9, atol=1e-10, err_msg=key)
+    assert_allclose(b["diverged_at"], a["diverged_at"])
+
+
+def test_factored_momentum_buffer_and_divergence():
+    rng = np.random.default_rng(1)
+    n, c = 20, 2
+    problem, dense, factored = _problem(rng, n, c, 0, "mse", 30)
+    buf = rng.standard_normal(n * c)
+    recipe = TrainingRecipe.from_params(dict(lr=0.1, momentum=0.9, n_steps=30,
+                                                  solver="discrete"))
+    a = simulate(dense, problem, recipe, momentum_buffer=buf)
+    b = simulate(factored, problem, recipe, momentum_buffer=buf)
+    assert_allclose(b["loss"], a["loss"], rtol=1e-9)
+    # far past the stability edge: both overflow at the same step
+    wild = recipe.replace(lr=1e4, n_steps=200)
+    a, b = simulate(dense, problem, wild), simulate(factored, problem, wild)
+    assert a["diverged_at"][0] > 0
+    assert_allclose(b["diverged_at"], a["diverged_at"])
+    assert_allclose(b["loss"], a["loss"], rtol=1e-6)
+
+
+def test_kernel_operations_match_dense():
+    rng = np.random.default_rng(2)
+    n, c = 30, 4
+    _, dense, factored = _problem(rng, n, c, 5, "mse", 50)
+    idx = rng.choice(n, 9, replace=False)
+    assert_allclose(factored.block(idx), dense.block(idx), rtol=1e-12)
+    v = rng.standard_normal(n * c)
+    assert_allclose(factored.matvec(v), dense.ntk @ v, rtol=1e-10)
+    g = rng.standard_normal((2, n * c))
+    assert_allclose(factored.full_product(g), dense.full_product(g), rtol=1e-10, atol=1e-12)
+    gb, ib = rng.standard_normal((2, 6, c)), np.stack([rng.choice(n, 6, replace=False)] * 2)
+    assert_allclose(factored.batch_product(gb, ib), dense.batch_product(gb, ib), rtol=1e-10,
+                    atol=1e-12)
+    assert_allclose(factored.trace(), dense.trace(), rtol=1e-12)
+    assert_allclose(factored.dense(), dense.ntk, rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(40, 3, 500), (200, 5, 100), (10, 2, 8)])
+def test_lanczos_lambda_max_matches_eigh(shape):
+    n, c, d = shape
+    rng = np.random.default_rng(3)
+    rows = (rng.standard_normal((n * c, d)) * np.linspace(3, 0.1, d)).astype(np.float32)
+    r64 = rows.astype(np.float64)
+    exact = ntk_eigh(r64 @ r64.T)[0][0]
+    assert_allclose(FactoredKernel(rows, c).lambda_max, exact, rtol=1e-9)
+    assert_allclose(DenseKernel(r64 @ r64.T, c).lambda_max, exact, rtol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from sktt.datasets import load_demo
+
+    return load_demo(n_samples=40)
+
+
+@pytest.mark.parametrize("params", [dict(lr=0.05), dict(lr=0.005, batch_size=8, n_paths=3),
+                                    dict(lr=0.001, momentum=0.9, nesterov=True, batch_size=8,
+                                         weight_decay=0.01, n_paths=2)])
+def test_estimator_dense_and_factored_agree(demo, params):
+    common = dict(projection="countsketch", projection_dim=256, n_steps=30, random_state=0,
+                  trust_check=False, **params)
+    dense = TrainingTimePredictor(demo.model, ntk="dense", **common).fit(demo.X, demo.y)
+    fact = TrainingTimePredictor(demo.model, ntk="factored", **common).fit(demo.X, demo.y)
+    assert (dense.ntk_mode_, fact.ntk_mode_) == ("dense", "factored")
+    assert "_eigh" not in vars(fact) and fact._kernel._eigh is None  # nothing decomposed
+    assert_allclose(fact.projected_jacobian_, dense.projected_jacobian_)
+    a, b = dense.predict_curve(return_band=True), fact.predict_curve(return_band=True)
+    for key in ("mean", "lower", "upper", "paths"):
+        assert_allclose(b[key], a[key], rtol=1e-9, err_msg=key)
+    assert_allclose(fact.predict_curve("error"), dense.predict_curve("error"), rtol=1e-9)
+    eps = [0.01, 0.05]
+    assert_allclose(fact.predict_time(eps=eps), dense.predict_time(eps=eps))
+    # Θ on request equals the dense one; the spectrum is lazily computed
+    assert_allclose(fact.ntk_, dense.ntk_, rtol=1e-12)
+    assert_allclose(fact.eigenvalues_[:5], dense.eigenvalues_[:5], rtol=1e-9)
+
+
+def test_trust_on_factored_form(demo):
+    common = dict(projection="countsketch", projection_dim=256, n_steps=30, random_state=0,
+                  lr=0.005, batch_size=8, n_paths=2)
+    dense = TrainingTimePredictor(demo.model, ntk="dense", **common).fit(demo.X, demo.y)
+    fact = TrainingTimePredictor(demo.model, ntk="factored", **common).fit(demo.X, demo.y)
+    for attr in ("linearity_score_", "kernel_lambda_ratio_", "stability_ratio_"):
+        assert_allclose(getattr(fact, attr), getattr(dense, attr), rtol=1e-6, err_msg=attr)
+    assert fact.trust_.level == dense.trust_.level
+
+
+def test_auto_mode_and_memory_errors(demo):
+    ttp = TrainingTimePredictor(demo.model, projection="countsketch", projection_dim=64,
+                                n_steps=50, trust_check=False, random_state=0)
+    assert ttp.fit(demo.X, demo.y).ntk_mode_ == "dense"  # N·C <= 50·16: forming Θ pays
+    assert ttp.set_params(n_steps=5).fit(demo.X, demo.y).ntk_mode_ == "factored"
+    big = ttp.set_params(n_steps=50, max_memory=600_000)  # rows fit, Θ not in half the budget
+    assert big.fit(demo.X, demo.y).ntk_mode_ == "factored"
+    with pytest.raises(ValueError, match="ntk='factored'.*needs a projection"):
+        TrainingTimePredictor(demo.model, ntk="factored").fit(demo.X, demo.y)
+    with pytest.raises(ValueError, match="ntk"):
+        TrainingTimePredictor(demo.model, ntk="sparse").fit(demo.X, demo.y)
+    with pytest.raises(MemoryBudgetError, match=r"Θ for N=40 .*ntk='factored'.*GramSpectrum"):
+        TrainingTimePredictor(demo.model, max_memory=1000).fit(demo.X, demo.y)
+    with pytest.raises(MemoryBudgetError, match=r"projected Jacobian .*projection_dim"):
+        TrainingTimePredictor(demo.model, projection="countsketch", projection_dim=64,
+                              ntk="dense", max_memory=330_000).fit(demo.X, demo.y)
+    # a prediction whose paths do not fit next to the rows
+    fitted = TrainingTimePredictor(demo.model, projection="countsketch", projection_dim=64,
+                                   ntk="factored", n_steps=5, trust_check=False,
+                                   random_state=0).fit(demo.X, demo.y)
+    fitted.set_params(max_memory=2 * 1024**2)
+    with pytest.raises(MemoryBudgetError, match=r"paths × 100000 steps.*n_paths"):
+        fitted.predict_curve(n_steps=100000, batch_size=4, n_paths=4)
+
+
+def test_rows_beyond_the_budget_go_to_a_memmap(demo):
+    common = dict(projection="countsketch", projection_dim=256, ntk="factored", n_steps=20,
+                  lr=0.005, batch_size=8, n_paths=2, trust_check=False, random_state=0)
+    ram = TrainingTimePredictor(demo.model, **common).fit(demo.X, demo.y)
+    rows_bytes = ram.projected_jacobian_.nbytes
+    disk = TrainingTimePredictor(demo.model, max_memory=int(1.5 * rows_bytes),
+                                 **common).fit(demo.X, demo.y)
+    assert isinstance(disk.projected_jacobian_, np.memmap)
+    assert not isinstance(ram.projected_jacobian_, np.memmap)
+    disk.set_params(max_memory=None)  # the prediction's paths need more than that tiny budget
+    # the smaller budget changes the chunking, so rows can differ in their float32 rounding
+    assert_allclose(disk.predict_curve(), ram.predict_curve(), rtol=1e-6)
