@@ -21,7 +21,7 @@ from ..dynamics import (LOSSES, LinearizedProblem, check_batches, check_eps, che
                         check_threshold, epsilon_training_time, labels_of, simulate, smooth_curve,
                         threshold_training_time)
 from ..dynamics._displacement import max_curvature
-from ..exceptions import (DivergenceError, DivergenceWarning, NotFittedError,
+from ..exceptions import (DivergenceError, DivergenceWarning, EpsilonWarning, NotFittedError,
                           ThresholdNotReachedError)
 from ..gradients import (as_inputs, model_outputs,
                          ntk_from_model)
@@ -879,6 +879,12 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
             If the predicted training diverges under these settings.
         ThresholdNotReachedError
             If a threshold is not reached within ``n_steps``.
+
+        Warns
+        -----
+        EpsilonWarning
+            If ε exceeds the whole predicted change :math:`|L_0 - L_T|` (the
+            time is then 0 and meaningless).
         """
         if (eps is None) == (threshold is None):
             raise ValueError("give exactly one of eps (distance to the final value) and "
@@ -900,6 +906,13 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
             path_times = epsilon_training_time(paths, values)
             # the point is T_ε of the mean curve over paths (measured best: docs/sgd.rst)
             times = epsilon_training_time(curve, values)
+            change = abs(curve[0] - curve[-1])
+            if np.any(values > change):
+                warnings.warn(
+                    f"eps={values[values > change] if values.ndim else float(values)} is larger "
+                    f"than the whole predicted change of the {metric} over n_steps="
+                    f"{len(curve) - 1} (|L_0 - L_T| = {change:.4g}), so T_ε = 0 says nothing "
+                    "about training speed; use a smaller eps.", EpsilonWarning, stacklevel=2)
         else:
             values = check_threshold(threshold)
             path_times = threshold_training_time(paths, values)
