@@ -30,6 +30,7 @@ from ..training import measure_step_time
 from ..utils import check_choice, check_int, derive_seed, root_seed
 from ..utils._batches import dataloader_batches
 from ..gradients._outputs import check_output
+from ..gradients._auto_projection import resolve_projection
 from ..utils._torch import (model_device_dtype, model_untouched, require_trainable,
                             warn_model_assumptions)
 from ._eval_set import EvalSetMixin, check_eval_set, joint_ntk
@@ -134,11 +135,16 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         second pass over the Jacobian); ``"full"`` is the whole covariance,
         computed from Θ alone. Measured here, the diagonal underestimates the
         noise by ~25x (docs/sgd.rst).
-    projection : {None, "achlioptas", "gaussian", "countsketch", "tensorsketch"}, default=None
+    projection : {None, "auto", "achlioptas", "gaussian", "countsketch", "tensorsketch"}, \
+            default=None
         None computes the exact Θ; otherwise per-sample gradients are randomly
         projected to ``projection_dim`` dimensions first. ``"tensorsketch"`` is
         the fastest for large models (large layers are sketched without forming
-        per-sample gradients; see the performance guide).
+        per-sample gradients; see the performance guide). ``"auto"`` keeps the
+        exact Θ when :math:`(NC)^2 D \le 10^{11}` or :math:`D \le` ``projection_dim``,
+        else ``"tensorsketch"`` (``"countsketch"`` with
+        ``jacobian_method="functorch"``); the choice is ``projection_``
+        (:func:`~sktt.gradients.resolve_projection`).
     projection_dim : int, default=2048
         D0, the projected dimension.
     chunk_size : int or None, default=None
@@ -214,6 +220,8 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
     n_params_ : int
         Number of trainable scalar parameters D.
     trainable_parameter_names_ : list of str
+    projection_ : None or str
+        The projection used (the choice of ``"auto"``; None: the exact Θ).
     projected_jacobian_ : ndarray of shape (N·C, projection_dim) or None
         The projected Jacobian rows when ``projection`` is set.
     eval_f0_ : ndarray of shape (N_val, C) or None
@@ -399,7 +407,10 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
                                  "a prediction needs finite outputs.")
             targets = check_targets(y.detach().cpu().numpy(), self.loss, f0.shape[1])
             self._setting({}, n_samples=f0.shape[0])  # batch_size against N
-            extraction = dict(n_outputs=f0.shape[1], projection=self.projection,
+            self.projection_ = resolve_projection(  # "auto": exact when cheap (see there)
+                self.projection, n_rows=f0.size, n_params=sum(p.numel() for p in params),
+                projection_dim=self.projection_dim, jacobian_method=self.jacobian_method)
+            extraction = dict(n_outputs=f0.shape[1], projection=self.projection_,
                               projection_dim=self.projection_dim, seed=seed,
                               chunk_size=self.chunk_size, n_jobs=self.n_jobs,
                               max_memory=max_memory, verbose=self.verbose,
@@ -521,6 +532,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         self._set_kernel(X.ntk(), f0, targets)
         self.n_params_ = int(X.n_params if X.n_params is not None else X.n_columns)
         self.trainable_parameter_names_ = X.parameter_names
+        self.projection_ = X.projection
         self.projected_jacobian_ = X.rows if X.projection is not None else None
         self._noise_factors = {}
         self.seed_ = root_seed(self.random_state)  # the minibatch order
