@@ -274,12 +274,14 @@ def _float_dtype(model):
 
 
 def _validate_rows(ttp, X, y, args, rows, seeds=None):
+    from .exceptions import ValidationWarning
     from .validation import compare_with_real
 
     for row in rows:
         s = {k: row[k] for k in ("lr", "momentum", "batch_size")}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", ValidationWarning)  # listed under the table instead
             res = compare_with_real(ttp, X, y, eps=args.eps, metric=args.metric, seeds=seeds, **s)
         real = res.real_times  # (runs, E)
         row["real_steps"] = [None if t < 0 else float(t) for t in _median(real)]
@@ -287,9 +289,19 @@ def _validate_rows(ttp, X, y, args, rows, seeds=None):
         row["delta_over_T"] = [_finite(v) for v in _nanmedian(res.delta_over_T)]
         row["real_seconds_per_step"] = res.real_seconds_per_step
         row["real_loss_final"] = float(res.real_runs[0].loss[-1])
+        row["real_status"] = "+".join(dict.fromkeys(res.real_status))
+        row["curve_error_median"] = _finite(float(_median(res.curve_error_median)))
+        row["curve_error_max"] = _finite(float(res.curve_error_max.max()))
+        row["real_time_flags"] = [_join(col) for col in res.real_time_flags.T]
+        row["predicted_time_flags"] = res.predicted_time_flags.tolist()
+        row["problems"] = res.problems()
         if res.real_best_steps is not None:
             row["real_best_step"] = float(_median(res.real_best_steps))
     return rows
+
+
+def _join(flags):
+    return "+".join(dict.fromkeys(str(f) for f in flags))
 
 
 def _median(a):
@@ -335,6 +347,8 @@ def _table(rows, eps, metric, real):
     held_out = any("best_step" in r for r in rows)
     if held_out:
         header += ["best step", f"eval {metric}"] + (["real best"] if real else [])
+    if real:
+        header += ["curve err", "real run"]
     trust = any(r.get("trust") for r in rows)
     if trust:
         header.append("trust")
@@ -352,6 +366,9 @@ def _table(rows, eps, metric, real):
             line += [_fmt(r.get("best_step"), "int"), _fmt(r.get("best_eval"), "g")]
             if real:
                 line.append(_fmt(r.get("real_best_step"), "int"))
+        if real:
+            line += [f"{_fmt(r['curve_error_median'], 'pct')}/{_fmt(r['curve_error_max'], 'pct')}",
+                     r["real_status"]]
         if trust:
             line.append(r["trust"]["level"] if r.get("trust") else "-")
         lines.append(line)
@@ -383,8 +400,17 @@ def _report(doc, args, real):
     if doubts:
         print()
     if real:
+        flagged = [r for r in doc["rows"] if r.get("problems")]
+        for r in flagged:
+            b = "full" if r["batch_size"] is None else r["batch_size"]
+            print(f"note for lr={r['lr']:g}, momentum={r['momentum']:g}, batch={b}: "
+                  + "; ".join(r["problems"]) + ".")
+        if flagged:
+            print()
         print("real = the real fine-tuning (torch.optim.SGD on a copy, same batches), "
-              "err = |predicted - real| / real.")
+              "err = |predicted - real| / real; curve err = median/max over steps of "
+              "|predicted - real| / real loss; real run = ok, oscillates or diverged "
+              "(docs/validation.rst).")
     elif any(r["seconds_per_step"] is not None for r in doc["rows"]):
         sps = sorted({(r["batch_size"] or m["n_samples"], r["seconds_per_step"])
                       for r in doc["rows"] if r["seconds_per_step"] is not None})

@@ -21,6 +21,8 @@ __all__ = [
     "AssumptionWarning",
     "DivergenceWarning",
     "SpectrumWarning",
+    "ValidationWarning",
+    "EpsilonWarning",
     "ThresholdNotReachedError",
     "DivergenceError",
     "SolverError",
@@ -44,6 +46,18 @@ class DivergenceWarning(UserWarning):
 
 class SpectrumWarning(UserWarning):
     """The NTK spectrum needed repair (e.g. negative eigenvalues were clipped)."""
+
+
+class ValidationWarning(UserWarning):
+    """A comparison with real training is less than its numbers suggest.
+
+    A real run (or the prediction) oscillates or diverges, or an ε-time is 0
+    (ε larger than the whole change) or the step budget (not settled).
+    """
+
+
+class EpsilonWarning(UserWarning):
+    """ε is at least the whole predicted change of the curve, so T_ε = 0 says nothing."""
 
 
 class ThresholdNotReachedError(ValueError):

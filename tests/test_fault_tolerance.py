@@ -79,7 +79,8 @@ def _untouched(model):
     (MemoryError, MemoryError),  # e.g. one chunk out of memory: the same error, re-raised
     ("exit", WorkerLostError),  # the worker process dies (OOM killer, segfault)
 ], ids=["raises", "dies"])
-def test_failing_worker_gives_one_clear_error_and_no_partial_fit(action, expected):
+def test_failing_worker_gives_one_clear_error_and_no_partial_fit(action, expected, monkeypatch):
+    monkeypatch.setattr("sktt.gradients._parallel.MIN_PARALLEL_ENTRIES", 0)  # tiny job: workers
     X, y = _data()
     model = FailingInWorker(action)
     state, modes = _untouched(model)

@@ -125,3 +125,31 @@ def test_minilm_last_block_matches_brute_force():
         ntk, _ = ntk_from_model(m, inputs, names, n_outputs=2, max_memory=2**30,
                                 jacobian_method="functorch")
     assert _rel(ntk, _reference_ntk(model, dict(batch), names)) < 1e-6
+
+
+def test_bert_classifier_end_to_end_without_wrapper():
+    """Issue 16's "done when": a *ForSequenceClassification model with a tokenizer-style dict
+    goes through fit, predict_curve / predict_time, compare_with_real and refresh_steps with
+    no wrapper and no warning flood; in float64 the refresh's real first steps are the
+    brute-force real run's to round-off."""
+    from sktt import TrainingTimePredictor
+    from sktt.validation import compare_with_real, run_real_training
+
+    model = _tiny_bert()
+    batch = _batch(n=12)
+    y = torch.arange(12) % 3
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ttp = TrainingTimePredictor(model, lr=0.05, n_steps=20, random_state=0).fit(batch, y)
+        curve = ttp.predict_curve()
+        t = ttp.predict_time(eps=0.01)
+        res = compare_with_real(ttp, batch, y, eps=[0.01])
+        refreshed = ttp.predict_curve(refresh_steps=2)
+    assert len(caught) <= 5, [str(w.message)[:120] for w in caught]  # no flood
+    assert np.all(np.isfinite(curve)) and 0 <= t <= 20
+    assert res.real_times.shape == (1, 1) and res.curve_error_max.shape == (1,)
+    real = run_real_training(model, batch, y, lr=0.05, n_steps=2)
+    np.testing.assert_allclose(refreshed[:3], real.loss[:3], rtol=1e-9)
+    np.testing.assert_allclose(res.real_runs[0].loss[:3], real.loss[:3], rtol=1e-9)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

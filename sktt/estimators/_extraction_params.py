@@ -1,7 +1,8 @@
 """Checks of the gradient-extraction parameters shared by the estimators that compute
 Jacobians (:class:`TrainingTimePredictor`, :class:`JacobianFeatures`)."""
 
-from ..gradients import JACOBIAN_METHODS, PROJECTIONS
+from ..gradients import JACOBIAN_METHODS
+from ..gradients._auto_projection import PROJECTION_CHOICES
 from ..utils import check_choice, check_int, check_n_jobs, parse_memory
 
 __all__ = ["check_extraction_params"]
@@ -11,7 +12,7 @@ def check_extraction_params(est):
     """Validate ``projection``, ``projection_dim``, ``chunk_size``, ``verbose``,
     ``jacobian_method`` and ``n_jobs`` of ``est``; return ``max_memory`` in bytes."""
     if est.projection is not None:
-        check_choice("projection", est.projection, PROJECTIONS)
+        check_choice("projection", est.projection, PROJECTION_CHOICES)
     check_int("projection_dim", est.projection_dim, low=1)
     if est.chunk_size is not None:
         check_int("chunk_size", est.chunk_size, low=1)

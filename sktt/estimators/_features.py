@@ -30,7 +30,7 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ..gradients import as_inputs, model_outputs
+from ..gradients import as_inputs, model_outputs, n_samples_of, resolve_projection
 from ..gradients._outputs import check_output
 from ..gradients._full_rows import full_jacobian_rows
 from ..utils import root_seed
@@ -85,8 +85,11 @@ class JacobianFeatures(TransformerMixin, BaseEstimator):
         The pre-trained model at the weights fine-tuning starts from. Only
         parameters with ``requires_grad=True`` enter the Jacobian. Never
         modified (taken in ``eval()`` mode, mode restored).
-    projection : {None, "achlioptas", "gaussian", "countsketch", "tensorsketch"}, default=None
+    projection : {None, "auto", "achlioptas", "gaussian", "countsketch", "tensorsketch"}, \
+            default=None
         None returns the exact rows (D columns, one per trainable parameter);
+        ``"auto"`` the exact rows when they are cheap, else a sketch
+        (:func:`~sktt.gradients.resolve_projection`; the choice is ``projection_``);
         otherwise per-sample gradients are randomly projected to
         ``projection_dim`` columns, as in :class:`~sktt.TrainingTimePredictor`.
     projection_dim : int, default=2048
@@ -122,6 +125,9 @@ class JacobianFeatures(TransformerMixin, BaseEstimator):
         C, the model's number of outputs.
     n_params_ : int
         D, the number of trainable scalar parameters.
+    projection_ : None or str
+        The projection used: ``projection``, or the choice of ``"auto"`` for
+        the N·C rows seen by ``fit`` (:func:`~sktt.gradients.resolve_projection`).
     n_columns_ : int
         Columns of the rows: ``projection_dim`` or D.
     trainable_parameter_names_ : list of str
@@ -182,9 +188,15 @@ class JacobianFeatures(TransformerMixin, BaseEstimator):
         self.seed_ = root_seed(self.random_state)
         self.trainable_parameter_names_ = names
         self.n_params_ = int(sum(p.numel() for p in params))
-        self.n_columns_ = self.n_params_ if self.projection is None else int(self.projection_dim)
 
-    def _extract(self, X, y):
+    def _resolve_projection(self, n_samples, n_outputs):
+        """``projection_`` (the choice of ``"auto"`` for N·C rows) and ``n_columns_``."""
+        self.projection_ = resolve_projection(
+            self.projection, n_rows=n_samples * n_outputs, n_params=self.n_params_,
+            projection_dim=self.projection_dim, jacobian_method=self.jacobian_method)
+        self.n_columns_ = self.n_params_ if self.projection_ is None else int(self.projection_dim)
+
+    def _extract(self, X, y, resolve=False):
         """JacobianRows of ``X`` (with the targets ``y``, or those of a Dataset)."""
         max_memory = self._check_params()
         names = self.trainable_parameter_names_
@@ -200,15 +212,17 @@ class JacobianFeatures(TransformerMixin, BaseEstimator):
             if not np.all(np.isfinite(f0)):
                 raise ValueError("the model's outputs at the initial weights contain NaN or inf; "
                                  "a prediction needs finite outputs.")
+            if resolve:
+                self._resolve_projection(*f0.shape)
             rows = full_jacobian_rows(
-                model, inputs, names, n_outputs=f0.shape[1], projection=self.projection,
+                model, inputs, names, n_outputs=f0.shape[1], projection=self.projection_,
                 projection_dim=self.projection_dim, seed=self.seed_, chunk_size=self.chunk_size,
                 n_jobs=self.n_jobs, max_memory=max_memory, verbose=self.verbose,
                 jacobian_method=self.jacobian_method)
         self.n_outputs_ = int(f0.shape[1])
         return JacobianRows(rows, f0, None if targets is None else targets.numpy(),
                             n_params=self.n_params_, parameter_names=list(names),
-                            projection=self.projection, seed=self.seed_)
+                            projection=self.projection_, seed=self.seed_)
 
     def fit(self, X, y=None):
         """Check the model, draw the projection seed and read C (one forward pass).
@@ -231,6 +245,7 @@ class JacobianFeatures(TransformerMixin, BaseEstimator):
             inputs, _ = as_inputs(X, y, float_dtype=dtype)
             first = inputs[:1].bind_output(check_output(self.output))
             self.n_outputs_ = int(model_outputs(model, first).shape[1])
+        self._resolve_projection(n_samples_of(inputs), self.n_outputs_)
         return self
 
     def transform(self, X):
@@ -265,7 +280,7 @@ class JacobianFeatures(TransformerMixin, BaseEstimator):
         rows : JacobianRows
         """
         self._setup()
-        return self._extract(X, y)
+        return self._extract(X, y, resolve=True)
 
     def __getstate__(self):
         state = super().__getstate__()

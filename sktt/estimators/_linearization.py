@@ -95,7 +95,8 @@ def linearize_at(est, model, *, held_out=False):
     Linearization
     """
     state = est._trust_state
-    extraction = dict(n_outputs=est.n_outputs_, projection=est.projection,
+    extraction = dict(n_outputs=est.n_outputs_, projection=getattr(est, "projection_",
+                                                                    est.projection),
                       projection_dim=est.projection_dim, seed=est.seed_,
                       chunk_size=est.chunk_size, n_jobs=est.n_jobs,
                       max_memory=parse_memory("max_memory", est.max_memory), verbose=est.verbose,

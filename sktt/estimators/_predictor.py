@@ -23,7 +23,7 @@ from ..dynamics import (LOSSES, LinearizedProblem, check_batches, check_eps, che
                         check_threshold, epsilon_training_time, labels_of, simulate, smooth_curve,
                         threshold_training_time)
 from ..dynamics._displacement import max_curvature
-from ..exceptions import (DivergenceError, DivergenceWarning, NotFittedError,
+from ..exceptions import (DivergenceError, DivergenceWarning, EpsilonWarning, NotFittedError,
                           ThresholdNotReachedError)
 from ..gradients import (as_inputs, model_outputs,
                          ntk_from_model)
@@ -32,6 +32,7 @@ from ..training import measure_step_time
 from ..utils import check_choice, check_int, derive_seed, parse_memory, root_seed
 from ..utils._batches import dataloader_batches
 from ..gradients._outputs import check_output
+from ..gradients._auto_projection import resolve_projection
 from ..utils._torch import (model_device_dtype, model_untouched, require_trainable,
                             warn_model_assumptions)
 from ._eval_set import EvalSetMixin, check_eval_set, joint_ntk
@@ -137,11 +138,16 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         second pass over the Jacobian); ``"full"`` is the whole covariance,
         computed from Θ alone. Measured here, the diagonal underestimates the
         noise by ~25x (docs/sgd.rst).
-    projection : {None, "achlioptas", "gaussian", "countsketch", "tensorsketch"}, default=None
+    projection : {None, "auto", "achlioptas", "gaussian", "countsketch", "tensorsketch"}, \
+            default=None
         None computes the exact Θ; otherwise per-sample gradients are randomly
         projected to ``projection_dim`` dimensions first. ``"tensorsketch"`` is
         the fastest for large models (large layers are sketched without forming
-        per-sample gradients; see the performance guide).
+        per-sample gradients; see the performance guide). ``"auto"`` keeps the
+        exact Θ when :math:`(NC)^2 D \le 10^{11}` or :math:`D \le` ``projection_dim``,
+        else ``"tensorsketch"`` (``"countsketch"`` with
+        ``jacobian_method="functorch"``); the choice is ``projection_``
+        (:func:`~sktt.gradients.resolve_projection`).
     projection_dim : int, default=2048
         D0, the projected dimension.
     ntk : {"auto", "dense", "factored"}, default="auto"
@@ -236,6 +242,8 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
     n_params_ : int
         Number of trainable scalar parameters D.
     trainable_parameter_names_ : list of str
+    projection_ : None or str
+        The projection used (the choice of ``"auto"``; None: the exact Θ).
     projected_jacobian_ : ndarray of shape (N·C, projection_dim) or None
         The projected Jacobian rows when ``projection`` is set.
     eval_f0_ : ndarray of shape (N_val, C) or None
@@ -423,8 +431,11 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
                                  "a prediction needs finite outputs.")
             targets = check_targets(y.detach().cpu().numpy(), self.loss, f0.shape[1])
             self._setting({}, n_samples=f0.shape[0])  # batch_size against N
+            self.projection_ = resolve_projection(  # "auto": exact when cheap (see there)
+                self.projection, n_rows=f0.size, n_params=sum(p.numel() for p in params),
+                projection_dim=self.projection_dim, jacobian_method=self.jacobian_method)
             mode = self._ntk_mode(f0.size, max_memory)
-            extraction = dict(n_outputs=f0.shape[1], projection=self.projection,
+            extraction = dict(n_outputs=f0.shape[1], projection=self.projection_,
                               projection_dim=self.projection_dim, seed=seed,
                               chunk_size=self.chunk_size, n_jobs=self.n_jobs,
                               max_memory=max_memory, verbose=self.verbose,
@@ -462,7 +473,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
 
     def _ntk_mode(self, n_rows, max_memory):
         """"dense" or "factored" for this fit (:func:`~sktt.estimators._scale.resolve_ntk_mode`)."""
-        return resolve_ntk_mode(self.ntk, projection=self.projection, n_rows=n_rows,
+        return resolve_ntk_mode(self.ntk, projection=self.projection_, n_rows=n_rows,
                                 projection_dim=self.projection_dim, max_memory=max_memory,
                                 n_steps=self.n_steps, n_paths=self.n_paths)
 
@@ -594,6 +605,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         self._set_kernel(kernel, f0, targets)
         self.n_params_ = int(X.n_params if X.n_params is not None else X.n_columns)
         self.trainable_parameter_names_ = X.parameter_names
+        self.projection_ = X.projection
         self.projected_jacobian_ = X.rows if X.projection is not None else None
         self._noise_factors = {}
         self.seed_ = root_seed(self.random_state)  # the minibatch order
@@ -956,6 +968,12 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
             If the predicted training diverges under these settings.
         ThresholdNotReachedError
             If a threshold is not reached within ``n_steps``.
+
+        Warns
+        -----
+        EpsilonWarning
+            If ε exceeds the whole predicted change :math:`|L_0 - L_T|` (the
+            time is then 0 and meaningless).
         """
         if (eps is None) == (threshold is None):
             raise ValueError("give exactly one of eps (distance to the final value) and "
@@ -977,6 +995,13 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
             path_times = epsilon_training_time(paths, values)
             # the point is T_ε of the mean curve over paths (measured best: docs/sgd.rst)
             times = epsilon_training_time(curve, values)
+            change = abs(curve[0] - curve[-1])
+            if np.any(values > change):
+                warnings.warn(
+                    f"eps={values[values > change] if values.ndim else float(values)} is larger "
+                    f"than the whole predicted change of the {metric} over n_steps="
+                    f"{len(curve) - 1} (|L_0 - L_T| = {change:.4g}), so T_ε = 0 says nothing "
+                    "about training speed; use a smaller eps.", EpsilonWarning, stacklevel=2)
         else:
             values = check_threshold(threshold)
             path_times = threshold_training_time(paths, values)

@@ -238,7 +238,8 @@ def _subset_kernel(est, weights, sub):
     model.eval()
     theta, _ = ntk_from_model(
         model, index_inputs(state["inputs"], torch.as_tensor(sub)), state["names"],
-        n_outputs=est.n_outputs_, projection=est.projection, projection_dim=est.projection_dim,
+        n_outputs=est.n_outputs_, projection=getattr(est, "projection_", est.projection),
+        projection_dim=est.projection_dim,
         seed=est.seed_, chunk_size=est.chunk_size, n_jobs=None,
         max_memory=parse_memory("max_memory", est.max_memory),
         jacobian_method=getattr(est, "jacobian_method", "auto"))

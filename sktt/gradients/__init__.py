@@ -10,6 +10,7 @@ from ._inputs import ModelInputs, as_inputs, index_inputs, inputs_to, n_samples_
 from ._jacobian import chunk_jacobian
 from ._outputs import call_model, select_logits
 from ._projection import PROJECTIONS, BlockProjector
+from ._auto_projection import resolve_projection
 from ._residual import residual_sq_norm
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "ntk_from_model",
     "plan_chunk_size",
     "resolve_layerwise_plan",
+    "resolve_projection",
     "residual_sq_norm",
     "select_logits",
 ]

@@ -38,7 +38,7 @@ from ..utils._torch import model_device_dtype
 from ._inputs import as_model_inputs, index_inputs, inputs_to, n_samples_of
 from ._jacobian import chunk_jacobian
 from ._outputs import select_logits
-from ._parallel import cap_chunk_size, map_chunks, n_workers_for
+from ._parallel import cap_chunk_size, map_chunks, n_jobs_for_work, n_workers_for
 from ._factor_gram import concat_storage, dense_gram, factored_gram, to_storage
 from ._layer_rules import Dense, sum_dense
 from ._layerwise_plan import exact_mode, plan_layerwise, storage_bytes
@@ -402,6 +402,7 @@ def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projecti
     params = dict(model.named_parameters())
     sizes = [(name, params[name].numel()) for name in names]
     n_params = sum(d for _, d in sizes)
+    n_jobs = n_jobs_for_work(n_jobs, n_rows * n_params)  # small jobs: workers cost more
     _, dtype = model_device_dtype(model)
     itemsize = torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4
     budget = max_memory - ntk_bytes

@@ -15,6 +15,7 @@ from ..utils import format_bytes
 from ..utils._torch import model_device_dtype
 from ._extraction import _chunk_plan, jacobian_rows, resolve_layerwise_plan
 from ._inputs import as_model_inputs, n_samples_of
+from ._parallel import n_jobs_for_work
 from ._projection import BlockProjector
 
 __all__ = ["full_jacobian_rows"]
@@ -63,6 +64,7 @@ def full_jacobian_rows(model, inputs, names, *, n_outputs, projection=None, proj
     params = dict(model.named_parameters())
     n_params = sum(params[name].numel() for name in names)
     n_cols = n_params if projection is None else int(projection_dim)
+    n_jobs = n_jobs_for_work(n_jobs, n_rows * n_params)  # small jobs: workers cost more
     rows_bytes = n_rows * n_cols * 8
     if rows_bytes > max_memory:
         what = (f"the exact Jacobian rows are {n_rows}×{n_params} (N·C × D parameters)"

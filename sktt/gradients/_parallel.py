@@ -25,6 +25,14 @@ the CPUs are the client's: right for a local cluster, and on a multi-host
 cluster one thread per task when each worker has as many threads as its host
 has cores (the usual set-up).
 
+Small jobs. Starting process workers (each imports torch and receives the model)
+costs seconds, more than a whole small extraction: ``n_jobs=2`` made the demo's
+fits several times slower than ``n_jobs=1``. :func:`n_jobs_for_work` therefore
+runs a fit serially when an explicit ``n_jobs`` asks for workers on fewer than
+:data:`MIN_PARALLEL_ENTRIES` Jacobian entries N·C·D (``benchmarks/bench_n_jobs.py``
+measures both sides). ``n_jobs=None`` (the active ``parallel_config``, e.g. a
+Dask cluster) is left as configured.
+
 Thread safety. ``torch.func.functional_call`` swaps a module's tensors in
 place while it runs, so two threads must never differentiate the same module
 object. Tasks running off the main thread (joblib's threading backend, Dask
@@ -46,7 +54,8 @@ from joblib.parallel import get_active_backend
 
 from ..exceptions import WorkerLostError
 
-__all__ = ["TASKS_PER_WORKER", "cap_chunk_size", "map_chunks", "n_workers_for", "plan_n_chunks",
+__all__ = ["MIN_PARALLEL_ENTRIES", "TASKS_PER_WORKER", "cap_chunk_size", "map_chunks",
+           "n_jobs_for_work", "n_workers_for", "plan_n_chunks",
            "threads_per_task"]
 
 # Tasks per worker: enough for load balancing and a moving progress bar, few
@@ -58,6 +67,25 @@ def n_workers_for(n_jobs, n_tasks=None):
     """Workers joblib would use for ``n_jobs`` in the active context (at most ``n_tasks``)."""
     workers = max(1, int(effective_n_jobs(n_jobs)))
     return workers if n_tasks is None else max(1, min(workers, int(n_tasks)))
+
+
+#: Fewest Jacobian entries N·C·D for which an explicit ``n_jobs`` starts workers.
+MIN_PARALLEL_ENTRIES = 10 ** 9
+
+
+def n_jobs_for_work(n_jobs, n_entries):
+    """``n_jobs``, or 1 when an explicit ``n_jobs`` would start workers for a small job.
+
+    Parameters
+    ----------
+    n_jobs : int or None
+        The caller's ``n_jobs``; None (the active ``parallel_config``) is kept.
+    n_entries : int
+        N·C·D, the entries of the (unprojected) Jacobian the job computes.
+    """
+    if n_jobs is None or n_entries >= MIN_PARALLEL_ENTRIES:
+        return n_jobs
+    return 1
 
 
 def threads_per_task(n_workers):

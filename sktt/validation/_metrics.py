@@ -25,9 +25,11 @@ import numpy as np
 import torch
 
 from ..dynamics import check_eps, epsilon_training_time, smooth_curve
+from ..exceptions import ValidationWarning
 from ..gradients._inputs import as_inputs
 from ..utils import check_choice, check_int, derive_seed
 from ..utils._torch import model_device_dtype
+from ._flags import curve_error, curve_status, time_flags
 from ._training import run_real_training
 
 __all__ = ["ValidationResult", "compare_with_real", "time_prediction_errors"]
@@ -156,6 +158,22 @@ class ValidationResult:
         ``metric`` (the early-stopping point); None without them.
     real_best_steps : ndarray of int, shape (n_runs,), or None
         The same for each real run.
+    real_status : list of str, length n_runs
+        ``"ok"``, ``"oscillates"`` or ``"diverged"`` for each real loss curve
+        (definitions in :mod:`sktt.validation._flags`); a time error measured
+        against a run that is not ``"ok"`` says little.
+    predicted_status : str
+        The same for the predicted loss curve.
+    curve_error_median, curve_error_max : ndarray of shape (n_runs,)
+        Median and maximum over steps 0..T of :math:`|\hat L_t - L_t| / L_t`
+        on the loss curves, per real run (inf where a curve is not finite).
+    predicted_time_flags : ndarray of str, shape (E,)
+        ``"ok"``, ``"eps_exceeds_drop"`` (:math:`\hat T_\varepsilon = 0`: ε is
+        larger than the whole predicted change), ``"not_reached"``
+        (:math:`\hat T_\varepsilon = T`: not settled within the step budget) or
+        ``"undefined"`` (-1).
+    real_time_flags : ndarray of str, shape (n_runs, E)
+        The same for the real times.
     """
 
     eps: np.ndarray
@@ -176,6 +194,12 @@ class ValidationResult:
     time_fn: object = field(default=None, repr=False, compare=False)
     predicted_best_step: int = None
     real_best_steps: np.ndarray = None
+    real_status: list = None
+    predicted_status: str = None
+    curve_error_median: np.ndarray = None
+    curve_error_max: np.ndarray = None
+    predicted_time_flags: np.ndarray = None
+    real_time_flags: np.ndarray = None
 
     def __post_init__(self):
         self.eps = np.atleast_1d(np.asarray(self.eps, dtype=np.float64))
@@ -196,6 +220,46 @@ class ValidationResult:
             self.real_best_steps = np.array([
                 int(np.argmin(np.where(np.isfinite(c), c, np.inf)))
                 for c in (getattr(run, "eval_" + self.metric) for run in self.real_runs)])
+        real_loss = np.stack([run.loss for run in self.real_runs])
+        self.real_status = [curve_status(c) for c in real_loss]
+        self.predicted_status = curve_status(self.predicted_curves["loss"])
+        self.curve_error_median, self.curve_error_max = curve_error(
+            self.predicted_curves["loss"], real_loss)
+        self.predicted_time_flags = time_flags(self.predicted_times, self.n_steps)
+        self.real_time_flags = time_flags(self.real_times, self.n_steps)
+
+    def problems(self):
+        """What makes these numbers less than they seem, one sentence each (empty if nothing).
+
+        Returns
+        -------
+        problems : list of str
+            Real runs that oscillate or diverge, the predicted curve doing so,
+            and ε-times that are 0 (ε larger than the whole change) or T (not
+            settled within the step budget).
+        """
+        out = []
+        for status in ("diverged", "oscillates"):
+            runs = [r for r, s in enumerate(self.real_status) if s == status]
+            if runs:
+                curves = "; ".join(_curve_head(self.real_runs[r].loss) for r in runs)
+                out.append(f"real run(s) {runs} {status} (loss {curves}): the time errors "
+                           "against them say little; try a smaller lr")
+        if self.predicted_status != "ok":
+            out.append(f"the predicted loss curve {self.predicted_status} "
+                       f"({_curve_head(self.predicted_curves['loss'])})")
+        unit = "" if self.metric == "loss" else " pp"
+        for name, flags in (("predicted", self.predicted_time_flags[None, :]),
+                            ("real", self.real_time_flags)):
+            for flag, what in (("eps_exceeds_drop", "is 0: ε exceeds the whole change of the "
+                                                    f"{self.metric} curve"),
+                               ("not_reached", f"is T={self.n_steps}: the {self.metric} curve "
+                                               "has not settled within ε by the last step")):
+                hit = self.eps[np.any(flags == flag, axis=0)]
+                if len(hit):
+                    eps = ", ".join(f"{e:g}{unit}" for e in hit)
+                    out.append(f"{name} T_ε at ε={eps} {what}")
+        return out
 
     @property
     def n_steps(self):
@@ -254,6 +318,11 @@ class ValidationResult:
                 "real_time": np.median(self.real_times, axis=0).tolist(),
                 "relative_error": _nan_to_none(np.nanmedian(self.relative_error, axis=0)),
                 "delta_over_T": _nan_to_none(np.nanmedian(self.delta_over_T, axis=0)),
+                "predicted_time_flag": self.predicted_time_flags.tolist(),
+                "real_time_flag": [_join(col) for col in self.real_time_flags.T],
+                "real_status": _join(self.real_status),
+                "curve_error_median": _nan_to_none([np.median(self.curve_error_median)])[0],
+                "curve_error_max": _nan_to_none([np.max(self.curve_error_max)])[0],
                 **({} if self.predicted_best_step is None else {
                     "predicted_best_step": self.predicted_best_step,
                     "real_best_step": float(np.median(self.real_best_steps))}),
@@ -279,6 +348,13 @@ class ValidationResult:
             "relative_error": [_nan_to_none(r) for r in self.relative_error],
             "delta_over_T": [_nan_to_none(r) for r in self.delta_over_T],
             "real_seconds_per_step": self.real_seconds_per_step,
+            "real_status": list(self.real_status),
+            "predicted_status": self.predicted_status,
+            "curve_error_median": _nan_to_none(self.curve_error_median),
+            "curve_error_max": _nan_to_none(self.curve_error_max),
+            "predicted_time_flags": self.predicted_time_flags.tolist(),
+            "real_time_flags": self.real_time_flags.tolist(),
+            "problems": self.problems(),
         }
         if self.predicted_best_step is not None:
             out["predicted_best_step"] = self.predicted_best_step
@@ -290,6 +366,18 @@ class ValidationResult:
                                   for m in self.predicted_curves
                                   if getattr(self.real_runs[0], m, None) is not None}
         return out
+
+
+def _join(flags):
+    """The distinct flags of several runs, in order of first appearance, joined by '+'."""
+    return "+".join(dict.fromkeys(str(f) for f in flags))
+
+
+def _curve_head(curve, n=4):
+    """The first values of a curve and its last, for a message: '1.39 → 0.67 → … → 8.07'."""
+    curve = np.asarray(curve, dtype=np.float64)
+    head = " → ".join(f"{v:.3g}" for v in curve[:n])
+    return head if len(curve) <= n else f"{head} → … → {curve[-1]:.3g}"
 
 
 def _nan_to_none(a):
@@ -381,6 +469,10 @@ def compare_with_real(predictor, X, y=None, *, eps=(0.01, 0.03), metric="loss", 
     UserWarning
         If the real loss at step 0 differs from the predicted one: ``X``/``y``
         are not the fitted data, or the model changed since ``fit``.
+    ValidationWarning
+        If a real run (or the prediction) oscillates or diverges, or an ε-time
+        is 0 or ``n_steps`` (see :meth:`ValidationResult.problems`; the same
+        flags are in the result's fields and :meth:`~ValidationResult.to_dict`).
 
     See Also
     --------
@@ -395,7 +487,7 @@ def compare_with_real(predictor, X, y=None, *, eps=(0.01, 0.03), metric="loss", 
     >>> from sktt.datasets import load_demo
     >>> from sktt.validation import compare_with_real
     >>> demo = load_demo(n_samples=60)
-    >>> ttp = TrainingTimePredictor(demo.model, lr=0.05, n_steps=30).fit(demo.X, demo.y)
+    >>> ttp = TrainingTimePredictor(demo.model, lr=0.005, n_steps=30).fit(demo.X, demo.y)
     >>> res = compare_with_real(ttp, demo.X, demo.y, eps=[0.01, 0.03])
     >>> res.real_times.shape, res.relative_error.shape
     ((1, 2), (1, 2))
@@ -478,10 +570,15 @@ def compare_with_real(predictor, X, y=None, *, eps=(0.01, 0.03), metric="loss", 
         warnings.warn(f"the real loss at step 0 ({real0:.6g}) differs from the predicted one "
                       f"({pred0:.6g}): X and y are not the data the predictor was fitted on, or "
                       "the model changed since fit.", UserWarning, stacklevel=2)
-    return ValidationResult(eps=eps, metric=metric, params=dict(p), seeds=seeds,
-                            predicted_curves=curves, predicted_bands=bands, real_runs=runs,
-                            smooth=smooth, same_batches=same_batches or not sgd,
-                            time_fn=time_fn)
+    result = ValidationResult(eps=eps, metric=metric, params=dict(p), seeds=seeds,
+                              predicted_curves=curves, predicted_bands=bands, real_runs=runs,
+                              smooth=smooth, same_batches=same_batches or not sgd,
+                              time_fn=time_fn)
+    problems = result.problems()
+    if problems:
+        warnings.warn("the comparison is not what its numbers suggest: " + "; ".join(problems)
+                      + ".", ValidationWarning, stacklevel=2)
+    return result
 
 
 class _PredictorTimes:
