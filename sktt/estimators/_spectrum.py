@@ -592,7 +592,7 @@ class GramSpectrum(BaseEstimator):
         Parameters
         ----------
         eps : float or array-like of float, optional
-            T_ε = min{t : |L_t − L_T| < ε}, ε in loss units. Exactly one of
+            T_ε = min{t : abs(L_t − L_T) < ε}, ε in loss units. Exactly one of
             ``eps`` and ``threshold`` must be given.
         threshold : float or array-like of float, optional
             Absolute target τ: the first step with L_t ≤ τ.
