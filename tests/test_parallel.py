@@ -136,12 +136,16 @@ def test_kernel_memory_error_names_size_and_alternatives(demo):
     n_rows = 40 * 5
     with pytest.raises(MemoryBudgetError, match=r"200×200 float64 = 312\.5 KiB.*GramSpectrum"):
         _predictor(demo.model, max_memory=n_rows * n_rows * 8 - 1).fit(demo.X, demo.y)
-    # the same in a pipeline: the precomputed predictor builds Θ from the rows
-    pipe = make_pipeline(JacobianFeatures(demo.model, projection="countsketch",
-                                          projection_dim=64, random_state=0),
-                         TrainingTimePredictor("precomputed", max_memory="100KB"))
+    # the same in a pipeline: the precomputed predictor asked to build Θ from the rows
+    features = JacobianFeatures(demo.model, projection="countsketch", projection_dim=64,
+                                random_state=0)
+    pipe = make_pipeline(features, TrainingTimePredictor("precomputed", max_memory="100KB",
+                                                         ntk="dense"))
     with pytest.raises(MemoryBudgetError, match=r"Θ for N=40 samples × C=5 outputs.*subset"):
         pipe.fit(demo.X, demo.y)
+    # ntk="auto" (the default) keeps the projected rows instead: Θ is never formed
+    pipe = make_pipeline(features, TrainingTimePredictor("precomputed", max_memory="100KB"))
+    assert pipe.fit(demo.X, demo.y)[-1].ntk_mode_ == "factored"
 
 
 def test_features_memory_error_names_size_and_alternatives(demo):

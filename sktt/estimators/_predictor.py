@@ -434,7 +434,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
             self.projection_ = resolve_projection(  # "auto": exact when cheap (see there)
                 self.projection, n_rows=f0.size, n_params=sum(p.numel() for p in params),
                 projection_dim=self.projection_dim, jacobian_method=self.jacobian_method)
-            mode = self._ntk_mode(f0.size, max_memory)
+            mode = self._ntk_mode(f0.size, max_memory, self.projection_)
             extraction = dict(n_outputs=f0.shape[1], projection=self.projection_,
                               projection_dim=self.projection_dim, seed=seed,
                               chunk_size=self.chunk_size, n_jobs=self.n_jobs,
@@ -471,9 +471,9 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
-    def _ntk_mode(self, n_rows, max_memory):
+    def _ntk_mode(self, n_rows, max_memory, projection):
         """"dense" or "factored" for this fit (:func:`~sktt.estimators._scale.resolve_ntk_mode`)."""
-        return resolve_ntk_mode(self.ntk, projection=self.projection_, n_rows=n_rows,
+        return resolve_ntk_mode(self.ntk, projection=projection, n_rows=n_rows,
                                 projection_dim=self.projection_dim, max_memory=max_memory,
                                 n_steps=self.n_steps, n_paths=self.n_paths)
 
@@ -591,7 +591,8 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         targets = check_targets(targets, self.loss, f0.shape[1])
         self._setting({}, n_samples=f0.shape[0])
         n_rows = X.rows.shape[0]
-        if X.projection is not None and self._ntk_mode(n_rows, max_memory) == "factored":
+        if X.projection is not None and self._ntk_mode(n_rows, max_memory,
+                                                       X.projection) == "factored":
             kernel = self._make_kernel(None, X.rows, f0.shape[1])
         else:
             if n_rows * n_rows * 8 > max_memory:
