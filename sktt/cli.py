@@ -117,7 +117,10 @@ def _add_file_args(p):
                         "'path/to/file.py:Class'")
     p.add_argument("--model-kwargs", metavar="JSON", default=None,
                    help="constructor arguments of --model-class as a JSON object")
-    p.add_argument("--x-key", default="X", help="name of the inputs in the .npz (default: X)")
+    p.add_argument("--x-key", default="X",
+                   help="name of the inputs in the .npz (default: X); several comma-separated "
+                        "names (e.g. input_ids,attention_mask) are passed to the model as "
+                        "keyword inputs")
     p.add_argument("--y-key", default="y", help="name of the targets in the .npz (default: y)")
     p.add_argument("--loss", choices=("cross_entropy", "mse"), default="cross_entropy",
                    help="training loss, torch's mean reduction (default: cross_entropy)")
@@ -471,7 +474,8 @@ def _load_xy(path, args, what=""):
     from .utils._files import load_data_file
 
     X, y = load_data_file(path, x_key=args.x_key, y_key=args.y_key)
-    X = torch.as_tensor(X)
+    X = ({k: torch.as_tensor(v).to(args.device) for k, v in X.items()} if isinstance(X, dict)
+         else torch.as_tensor(X).to(args.device))
     if args.loss == "cross_entropy":
         if not (y.ndim == 1 and (y.dtype.kind in "iub" or (y == y.round()).all())):
             raise _UsageError(f"{what}--loss cross_entropy needs integer class labels y of shape "
@@ -479,7 +483,7 @@ def _load_xy(path, args, what=""):
         y = torch.as_tensor(y.astype("int64"))
     else:
         y = torch.as_tensor(y, dtype=torch.float64)
-    return X.to(args.device), y.to(args.device)
+    return X, y.to(args.device)
 
 
 def _cmd_predict(args):

@@ -193,3 +193,27 @@ def test_torchscript_wrapper_is_exact_and_mse(tmp_path, capsys, linear_problem):
     # cross-entropy with float targets is a clear usage error
     assert main(["predict", path, data, "--n-steps", "10", "--no-seconds"]) == 2
     assert "integer class labels" in capsys.readouterr().err
+
+
+def test_keyword_inputs_from_several_arrays(tmp_path, capsys):
+    """--x-key a,b passes the arrays as keyword inputs (a tokenizer's dict), dict output."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from keyword_model import KeywordNet
+
+    torch.manual_seed(0)
+    model = KeywordNet()
+    ids = torch.randint(0, 20, (24, 7))
+    mask = (torch.rand(24, 7) > 0.2).long()
+    y = torch.randint(0, 3, (24,))
+    np.savez(tmp_path / "tokens.npz", input_ids=ids.numpy(), attention_mask=mask.numpy(),
+             y=y.numpy())
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    model_class = f"{os.path.dirname(os.path.abspath(__file__))}/keyword_model.py:KeywordNet"
+    assert main(["predict", str(tmp_path / "weights.pt"), str(tmp_path / "tokens.npz"),
+                 "--model-class", model_class, "--x-key", "input_ids,attention_mask",
+                 "--n-steps", "20", "--lr", "0.5", "--no-seconds", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    ttp = TrainingTimePredictor(model, lr=0.5, n_steps=20, trust_check=False).fit(
+        {"input_ids": ids, "attention_mask": mask}, y)
+    expected = [int(t) for t in ttp.predict_time(doc["eps"])]
+    assert doc["rows"][0]["predicted_steps"] == expected

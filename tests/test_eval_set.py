@@ -218,3 +218,28 @@ def test_held_out_display_marks_the_best_step(data):
         from sktt.validation import compare_with_real
         X, y, _, _ = data
         HeldOutCurveDisplay.from_validation(compare_with_real(plain.fit(X, y), X, y))
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+@pytest.mark.parametrize("params", [dict(), dict(batch_size=5, momentum=0.9, n_paths=3),
+                                    dict(momentum=0.5, weight_decay=0.01, nesterov=True)])
+def test_factored_held_out_curves_equal_the_dense_ones(data, loss, params):
+    """ntk='factored' keeps the held-out rows of the same projection: same eval curves."""
+    X, y, X_val, y_val = data
+    t, t_val = _targets(y, loss), _targets(y_val, loss)
+    fits = {}
+    for mode in ("dense", "factored"):
+        fits[mode] = TrainingTimePredictor(
+            RandomFeatureHead(n_features=60), loss=loss, n_steps=T, ntk=mode,
+            lr=0.3 if loss == "cross_entropy" else 0.05,
+            projection="countsketch", projection_dim=48, random_state=2, trust_check=False,
+            **params).fit(X, t, eval_set=(X_val, t_val))
+    dense, factored = fits["dense"], fits["factored"]
+    assert dense.ntk_mode_ == "dense" and factored.ntk_mode_ == "factored"
+    assert factored.cross_ntk_ is None  # never formed
+    for metric in ("loss", "error"):
+        assert_allclose(factored.predict_curve(metric, on="eval"),
+                        dense.predict_curve(metric, on="eval"), rtol=1e-8, atol=1e-10)
+    assert factored.predict_best_step().step == dense.predict_best_step().step
+    curve = dense.predict_curve(on="eval")
+    assert np.isfinite(curve).all() and curve.min() < curve[0]  # a real, trained curve

@@ -42,7 +42,7 @@ from ..gradients import as_inputs, ntk_from_model
 from ..gradients._inputs import ModelInputs, as_model_inputs, inputs_to, n_samples_of
 from ..utils import format_bytes
 
-__all__ = ["EvalSetMixin", "check_eval_set", "concat_inputs", "joint_ntk"]
+__all__ = ["EvalSetMixin", "check_eval_set", "concat_inputs", "joint_ntk", "joint_rows"]
 
 ON = ("train", "eval")
 
@@ -150,6 +150,23 @@ def joint_ntk(model, inputs, eval_inputs, names, *, n_outputs, max_memory, **ext
     cross = np.ascontiguousarray(full[:rows_train, rows_train:])
     del full
     return ntk, None if rows is None else np.ascontiguousarray(rows[:rows_train]), cross
+
+
+def joint_rows(model, inputs, eval_inputs, names, *, n_outputs, **extraction):
+    """Projected rows of the training and the held-out samples, from one extraction.
+
+    The factored form of :func:`joint_ntk`: the held-out rows are more rows of
+    the same projection (same seed), and Θ and the cross-kernel are never formed
+    (:class:`sktt.gram.FactoredKernel` with ``eval_rows``).
+
+    Returns
+    -------
+    rows, eval_rows : ndarray of shape (N·C, D0) and (N_val·C, D0), float32
+    """
+    _, rows = ntk_from_model(model, concat_inputs(inputs, eval_inputs), names,
+                             n_outputs=n_outputs, form_ntk=False, **extraction)
+    split = n_samples_of(inputs) * n_outputs
+    return rows[:split], rows[split:]
 
 
 class EvalSetMixin:

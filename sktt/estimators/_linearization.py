@@ -22,7 +22,7 @@ import torch
 
 from ..gradients import model_outputs, ntk_from_model
 from ..gradients._probes import JacobianOperator
-from ..gram import DenseKernel
+from ..gram import DenseKernel, FactoredKernel
 from ..utils import parse_memory
 
 __all__ = ["Linearization", "linearize_at", "model_at", "set_weights"]
@@ -102,17 +102,23 @@ def linearize_at(est, model, *, held_out=False):
                       max_memory=parse_memory("max_memory", est.max_memory), verbose=est.verbose,
                       jacobian_method=getattr(est, "jacobian_method", "auto"))
     rows = state["inputs"]
+    factored = getattr(est, "ntk_mode_", "dense") == "factored"
     if held_out:
-        from ._eval_set import concat_inputs, joint_ntk  # the joint extraction of fit
+        from ._eval_set import concat_inputs, joint_ntk, joint_rows  # fit's joint extraction
 
-        ntk, _, cross = joint_ntk(model, state["inputs"], est._eval_inputs, state["names"],
-                                  **extraction)
-        kernel = DenseKernel(ntk, est.n_outputs_, cross=cross)
+        if factored:
+            train_rows, eval_rows = joint_rows(model, state["inputs"], est._eval_inputs,
+                                               state["names"], **extraction)
+            kernel = FactoredKernel(train_rows, est.n_outputs_, eval_rows=eval_rows)
+        else:
+            ntk, _, cross = joint_ntk(model, state["inputs"], est._eval_inputs, state["names"],
+                                      **extraction)
+            kernel = DenseKernel(ntk, est.n_outputs_, cross=cross)
         rows = concat_inputs(state["inputs"], est._eval_inputs)
     else:
         ntk, jacobian_rows = ntk_from_model(
             model, state["inputs"], state["names"],
-            form_ntk=getattr(est, "ntk_mode_", "dense") == "dense", **extraction)
+            form_ntk=not factored, **extraction)
         kernel = est._make_kernel(ntk, jacobian_rows, est.n_outputs_)
     outputs = model_outputs(model, rows)
     operator = JacobianOperator(model, state["names"], rows, chunk_size=est.chunk_size or 256)

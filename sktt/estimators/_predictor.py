@@ -35,7 +35,7 @@ from ..gradients._outputs import check_output
 from ..gradients._auto_projection import resolve_projection
 from ..utils._torch import (model_device_dtype, model_untouched, require_trainable,
                             warn_model_assumptions)
-from ._eval_set import EvalSetMixin, check_eval_set, joint_ntk
+from ._eval_set import EvalSetMixin, check_eval_set, joint_ntk, joint_rows
 from ._extraction_params import check_extraction_params
 from ._adamw import AdamWMixin
 from ._refresh import refreshed_curves
@@ -440,26 +440,28 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
                               chunk_size=self.chunk_size, n_jobs=self.n_jobs,
                               max_memory=max_memory, verbose=self.verbose,
                               jacobian_method=self.jacobian_method)
-            eval_inputs = eval_f0 = eval_targets = cross = None
+            eval_inputs = eval_f0 = eval_targets = cross = eval_rows = None
             if eval_set is not None:
-                if self.ntk == "factored":
-                    raise ValueError("eval_set needs ntk='dense' or 'auto' for now: held-out "
-                                     "curves use the dense cross-kernel Θ(train, eval).")
-                mode = "dense"  # the held-out rows go through the dense cross-kernel
                 eval_inputs, eval_targets = check_eval_set(
                     eval_set, inputs, loss=self.loss, n_outputs=f0.shape[1], float_dtype=dtype)
                 eval_f0 = model_outputs(model, eval_inputs)
                 if eval_f0.shape[1] != f0.shape[1] or not np.all(np.isfinite(eval_f0)):
                     raise ValueError("the model's outputs on eval_set's X_val are not finite "
                                      "(N_val, C) values; a held-out prediction needs them.")
-                ntk, rows, cross = joint_ntk(model, inputs, eval_inputs, names, **extraction)
+                if mode == "dense":
+                    ntk, rows, cross = joint_ntk(model, inputs, eval_inputs, names,
+                                                 **extraction)
+                else:  # held-out rows are more rows of the same projection: no cross-kernel
+                    ntk = None
+                    rows, eval_rows = joint_rows(model, inputs, eval_inputs, names,
+                                                 **extraction)
             else:
                 ntk, rows = ntk_from_model(model, inputs, names, form_ntk=mode == "dense",
                                            **extraction)
             # the SDE's diagonal Σ needs the exact Jacobian once more (only when asked for)
             noise = fit_sde_noise(self, model, inputs, names, f0, targets, rows, max_memory)
         self._set_kernel(self._make_kernel(ntk, rows, f0.shape[1]), f0, targets)
-        self._set_eval(eval_inputs, eval_f0, eval_targets, cross)
+        self._set_eval(eval_inputs, eval_f0, eval_targets, cross, eval_rows)
         self.n_params_ = int(sum(p.numel() for p in params))
         self.trainable_parameter_names_ = names
         self.projected_jacobian_ = rows
@@ -499,16 +501,24 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         self._jw0 = None  # Φ0 = J·w0, computed on the first weight-decay prediction
         self._set_eval(None, None, None, None)
 
-    def _set_eval(self, inputs, f0, targets, cross):
-        """Held-out state of ``fit(..., eval_set=...)`` (all None without one)."""
+    def _set_eval(self, inputs, f0, targets, cross, eval_rows=None):
+        """Held-out state of ``fit(..., eval_set=...)`` (all None without one).
+
+        Dense: the cross-kernel Θ(train, eval); factored: the held-out projected
+        rows (``cross_ntk_`` is then None: it is never formed).
+        """
         self._eval_inputs = inputs
         self.eval_f0_ = f0
         self.eval_targets_ = targets
         self.cross_ntk_ = cross
         self.n_eval_samples_ = 0 if f0 is None else int(f0.shape[0])
         self._eval_jw0 = None
-        self._eval_kernel = None if cross is None else DenseKernel(
-            self._kernel.ntk, self.n_outputs_, cross=cross)
+        self._eval_kernel = None
+        if cross is not None:
+            self._eval_kernel = DenseKernel(self._kernel.ntk, self.n_outputs_, cross=cross)
+        elif eval_rows is not None:  # the same training rows, plus the held-out ones
+            self._eval_kernel = FactoredKernel(self._kernel.rows, self.n_outputs_,
+                                               eval_rows=eval_rows)
 
     def _fitted_kernel(self):
         try:

@@ -294,11 +294,14 @@ def load_data_file(path, *, x_key="X", y_key="y"):
     ----------
     path : str
     x_key, y_key : str, default="X", "y"
-        Names of the arrays in the archive.
+        Names of the arrays in the archive. Several comma-separated names in
+        ``x_key`` (``"input_ids,attention_mask"``) make X a dict of arrays: the
+        model's keyword inputs, as a tokenizer returns them.
 
     Returns
     -------
-    X, y : ndarray
+    X : ndarray or dict of str to ndarray
+    y : ndarray
     """
     if not os.path.isfile(path):
         raise InputFileError(f"data file {path!r} does not exist.")
@@ -310,11 +313,13 @@ def load_data_file(path, *, x_key="X", y_key="y"):
                              f"{x_key!r} and {y_key!r} (numpy.savez).")
     try:
         with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in (x_key, y_key) if k not in data.files]
+            x_keys = [k.strip() for k in x_key.split(",")]
+            missing = [k for k in (*x_keys, y_key) if k not in data.files]
             if missing:
                 raise InputFileError(f"data file {path!r} has arrays {data.files}, not "
                                      f"{missing}; use --x-key/--y-key to name them.")
-            X, y = data[x_key], data[y_key]
+            X = data[x_keys[0]] if len(x_keys) == 1 else {k: data[k] for k in x_keys}
+            y = data[y_key]
     except InputFileError:
         raise
     except ValueError as exc:
@@ -322,9 +327,11 @@ def load_data_file(path, *, x_key="X", y_key="y"):
                              "arrays with numpy.savez.") from None
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise InputFileError(f"cannot read data file {path!r} as .npz ({exc}).") from None
-    if X.dtype == object or y.dtype == object:
+    inputs = X if isinstance(X, dict) else {x_key: X}
+    if y.dtype == object or any(a.dtype == object for a in inputs.values()):
         raise InputFileError(f"data file {path!r} holds object arrays; accepted: numeric arrays.")
-    if len(X) != len(y):
-        raise InputFileError(f"data file {path!r}: {x_key} has {len(X)} samples but {y_key} has "
-                             f"{len(y)}.")
+    for key, a in inputs.items():
+        if len(a) != len(y):
+            raise InputFileError(f"data file {path!r}: {key} has {len(a)} samples but {y_key} "
+                                 f"has {len(y)}.")
     return X, y
