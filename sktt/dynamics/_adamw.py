@@ -58,7 +58,7 @@ from ..utils._threads import single_threaded_blas
 from ._curves import CurveRecorder
 from ._losses import loss_value_and_gradient
 
-__all__ = ["check_adamw_params", "simulate_adamw"]
+__all__ = ["adam_step_size", "check_adamw_params", "simulate_adamw"]
 
 # float64 bytes converted at a time when the rows are stored in another dtype
 _CHUNK_BYTES = 32 * 2**20
@@ -159,6 +159,11 @@ def _check_rows(name, rows, n_params=None):
 
 
 @single_threaded_blas
+def adam_step_size(lr, beta1, step):
+    """torch's Adam/AdamW step size at ``step`` (1-based): ``lr / (1 − β1^step)``."""
+    return lr / (1.0 - beta1**step)
+
+
 def simulate_adamw(rows, w0, F0, targets, *, loss, lrs, n_steps=None, betas=(0.9, 0.999),
                    eps=1e-8, weight_decay=0.01, batches=None, labels=None, eval_rows=None,
                    eval_F0=None, eval_targets=None, eval_labels=None, state=None):
@@ -277,7 +282,7 @@ def simulate_adamw(rows, w0, F0, targets, *, loss, lrs, n_steps=None, betas=(0.9
             m += (1.0 - beta1) * (g - m)  # torch: exp_avg.lerp_(grad, 1 - beta1)
             v *= beta2
             v += (1.0 - beta2) * g * g
-            step_size = lr / (1.0 - beta1**step)
+            step_size = adam_step_size(lr, beta1, step)
             denom = np.sqrt(v) / (1.0 - beta2**step) ** 0.5 + eps
             w -= step_size * (m / denom)
     out = curves.result()

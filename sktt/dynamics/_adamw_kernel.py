@@ -101,7 +101,7 @@ import dataclasses
 import numpy as np
 
 from ..utils._threads import single_threaded_blas
-from ._adamw import check_adamw_params
+from ._adamw import adam_step_size, check_adamw_params
 from ._curves import CurveRecorder
 from ._losses import loss_value_and_gradient
 
@@ -286,6 +286,6 @@ def simulate_adamw_kernel(precond_kernels, F0, targets, *, loss, lrs, n_steps=No
                     scale[g] = 1.0 / np.sqrt(rho)
             if weight_decay != 0:
                 F -= lr * weight_decay * (F - F0 + jw0)
-            step_size = lr / (1.0 - beta1**step)
+            step_size = adam_step_size(lr, beta1, step)  # as torch (._adamw)
             F -= step_size * np.einsum("gp,gpi->pi", scale, A).reshape(n_paths, n, c)
     return curves.result()
