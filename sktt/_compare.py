@@ -11,7 +11,6 @@ setting -- that converts to a pandas DataFrame and plots the predicted
 training times across datasets, one bar per setting.
 """
 
-import inspect
 import math
 import numbers
 import warnings

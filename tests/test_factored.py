@@ -7,7 +7,6 @@ band must agree to round-off, for every recipe term.
 
 import numpy as np
 import pytest
-import torch
 from numpy.testing import assert_allclose
 
 from sktt import TrainingTimePredictor

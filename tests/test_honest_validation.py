@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from numpy.testing import assert_allclose, assert_array_equal
+from numpy.testing import assert_allclose
 
 from sktt import TrainingTimePredictor
 from sktt.cli import main

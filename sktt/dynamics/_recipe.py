@@ -363,7 +363,7 @@ class TrainingRecipe:
     def describe(self):
         """Short text for messages: lr, momentum, batch size, steps (and the extra terms)."""
         if self.is_adamw:
-            parts = [f"optimizer='adamw'", f"lr={self.lr:g}", f"betas={self.betas}",
+            parts = ["optimizer='adamw'", f"lr={self.lr:g}", f"betas={self.betas}",
                      f"batch_size={self.batch_size}", f"n_steps={self.n_steps}"]
             if self.adam_eps != 1e-8:
                 parts.append(f"adam_eps={self.adam_eps:g}")

@@ -44,7 +44,7 @@ from ..exceptions import MemoryBudgetError
 from ..gradients import index_inputs, jacobian_rows
 from ..gradients._inputs import inputs_to
 from ..gradients._outputs import call_model
-from ..training import run_steps, torch_loss, torch_targets
+from ..training import torch_loss, torch_targets
 from ..utils import format_bytes, parse_memory
 
 __all__ = ["AdamWMixin", "N_CALIBRATION_BATCHES", "snapshot_model"]

@@ -17,7 +17,6 @@ needs there is computed exactly as ``fit`` computed it at :math:`w_0`:
 
 import copy
 
-import numpy as np
 import torch
 
 from ..gradients import model_outputs, ntk_from_model

@@ -869,7 +869,6 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
     def _stability_hint(self, recipe):
         if recipe.is_adamw:
             return "AdamW moves each weight by about lr per step; try a smaller lr"
-        h = self._curvature(recipe, sgd=False)
         lam = self._kernel.lambda_max
         scale = (self.n_samples_ if self.loss == "cross_entropy"
                  else self.n_samples_ * self.n_outputs_ / 2)

@@ -284,7 +284,6 @@ def compute_trust(est, recipe):
 def _report_from_displacement(est, w0, delta, stab, settings, start, *, adamw_mode=None,
                               note=""):
     """The kernel-change probe at w0 + Δw and the level it gives (any optimiser)."""
-    c = est.n_outputs_
     with model_untouched(est.model):
         w1 = {k: (w0[k].to(torch.float64) + delta[k]) for k in w0}
         sub = _probe_samples(est)

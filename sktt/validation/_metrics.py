@@ -16,7 +16,6 @@ every step, and returns both curves with these metrics in a
 :class:`ValidationResult`.
 """
 
-import inspect
 import numbers
 import warnings
 from dataclasses import dataclass, field, replace
