@@ -10,7 +10,9 @@ import pytest
 from numpy.testing import assert_allclose
 
 from sktt import TrainingTimePredictor
-from sktt.dynamics import LinearizedProblem, TrainingRecipe, check_batches, simulate
+from sktt.dynamics import (LinearizedProblem, TrainingRecipe, check_batches,
+                           epsilon_training_time, simulate, threshold_training_time,
+                           training_times)
 from sktt.exceptions import MemoryBudgetError
 from sktt.gram import DenseKernel, FactoredKernel, ntk_eigh
 
@@ -70,6 +72,91 @@ def test_factored_simulation_equals_dense(name, loss):
         assert a[key] is not None and a[key].shape == b[key].shape
         assert_allclose(b[key], a[key], rtol=1e-9, atol=1e-10, err_msg=key)
     assert_allclose(b["diverged_at"], a["diverged_at"])
+
+
+def _full_times(paths, values, kind):
+    """The reference: training times on the full curves (every step computed)."""
+    find = epsilon_training_time if kind == "eps" else threshold_training_time
+    return find(paths.mean(axis=0), values), find(paths, values)
+
+
+@pytest.mark.parametrize("name", ["gd", "sgd", "momentum", "weight_decay", "schedule"])
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_bounded_training_times_equal_the_full_curves(name, loss):
+    """T_ε and threshold times found through the convexity bounds (few steps computed) are
+    the times of the full curves, for every ε / τ, the mean curve and every path, on the
+    noisy (non-monotone) SGD curves and the held-out loss."""
+    rng = np.random.default_rng(1)
+    n, c, n_eval, d, T = 30, 3, 9, 40, 120
+    problem, _, factored = _problem(rng, n, c, n_eval, loss, d)
+    params = dict(RECIPES[name])
+    schedule = params.pop("lr_schedule", None)
+    if schedule is not None:
+        schedule = list(np.linspace(0.5, 0.05, T))
+    recipe = TrainingRecipe.from_params(dict(n_steps=T, solver="discrete", **params),
+                                        learning_rates=schedule)
+    batches = None
+    if recipe.batch_size is not None:
+        batches = check_batches([np.stack([rng.choice(n, recipe.batch_size, replace=False)
+                                           for _ in range(4)]) for _ in range(T)], n, T)
+    lazy = simulate(factored, problem, recipe, batches=batches)
+    full = simulate(factored, problem, recipe, batches=batches)
+    for key in ("loss", "eval_loss"):
+        paths = np.asarray(full[key])
+        mean = paths.mean(axis=0)
+        drop = abs(mean[0] - mean[-1])
+        eps = drop * np.array([0.002, 0.01, 0.05, 0.2, 0.6])
+        # levels half-way between attained values: no tie decided by round-off
+        levels = np.unique(paths)
+        mid = (levels[:-1] + levels[1:]) / 2
+        taus = mid[np.linspace(0, len(mid) - 1, 5).astype(int)]
+        for kind, values in (("eps", eps), ("threshold", taus)):
+            times, path_times, first, last = training_times(lazy, key, values, kind=kind,
+                                                            per_path=True)
+            ref, ref_paths = _full_times(paths, values, kind)
+            np.testing.assert_array_equal(times, ref, err_msg=f"{key} {kind}")
+            np.testing.assert_array_equal(path_times, ref_paths, err_msg=f"{key} {kind} paths")
+            assert_allclose([first, last], mean[[0, -1]], rtol=1e-12)
+            scalar = training_times(lazy, key, values[1], kind=kind)[0]
+            assert scalar == ref[1] and np.ndim(scalar) == 0
+    assert_allclose(lazy.at("loss", [0, 7, T]), np.asarray(full["loss"])[:, [0, 7, T]],
+                    rtol=1e-12)
+
+
+def test_bounded_search_is_tight_on_a_smooth_curve():
+    """Gradient descent: the bounds exclude all but a few steps before the crossing."""
+    rng = np.random.default_rng(2)
+    n, c, T = 40, 3, 400
+    problem, _, factored = _problem(rng, n, c, 0, "cross_entropy", 50)
+    recipe = TrainingRecipe.from_params(dict(n_steps=T, solver="discrete", lr=0.5))
+    lazy = simulate(factored, problem, recipe)
+    curve = np.asarray(simulate(factored, problem, recipe)["loss"])[0]
+    eps = 0.05 * (curve[0] - curve[-1])
+    times = training_times(lazy, "loss", eps, kind="eps")[0]
+    assert times == epsilon_training_time(curve, eps)
+    computed = lazy._points("train")["known"].sum()
+    assert computed <= 33 + 2 * 16, computed  # the anchors and at most two chunks
+
+
+def test_factored_curves_mapping_and_fallback():
+    """The lazy result reads like every simulate result; outputs that may overflow fall back
+    to the full curves and the dense divergence bookkeeping."""
+    rng = np.random.default_rng(3)
+    problem, dense, factored = _problem(rng, 10, 2, 0, "mse", 30)
+    ok = simulate(factored, problem, TrainingRecipe.from_params(dict(n_steps=20, lr=0.1)))
+    assert set(ok) == {"loss", "error", "eval_loss", "eval_error", "diverged_at"}
+    assert ok["eval_loss"] is None and ok.at("eval_loss", [0]) is None
+    ok["divergence"] = None
+    assert "divergence" in ok and ok["divergence"] is None
+    with pytest.raises(KeyError, match="computed from the stored states"):
+        ok["loss"] = np.zeros(3)
+    assert ok.certainly_finite and list(ok["diverged_at"]) == [-1]
+    wild = TrainingRecipe.from_params(dict(n_steps=200, lr=1e4))
+    a, b = simulate(dense, problem, wild), simulate(factored, problem, wild)
+    assert not b.certainly_finite and a["diverged_at"][0] > 0
+    assert_allclose(b["diverged_at"], a["diverged_at"])
+    assert training_times(b, "loss", 1.0, kind="eps")[0] == training_times(
+        a, "loss", 1.0, kind="eps")[0]
 
 
 def test_factored_momentum_buffer_and_divergence():
@@ -142,6 +229,18 @@ def test_estimator_dense_and_factored_agree(demo, params):
     assert_allclose(fact.predict_curve("error"), dense.predict_curve("error"), rtol=1e-9)
     eps = [0.01, 0.05]
     assert_allclose(fact.predict_time(eps=eps), dense.predict_time(eps=eps))
+    a = dense.predict_time(eps=0.01, return_distribution=True)
+    b = fact.set_params(n_steps=30).predict_time(eps=0.01, return_distribution=True)
+    assert a.point == b.point and np.array_equal(a.times, b.times)
+    # a few steps only: computed alone on the factored run, read from the curve on the dense one
+    fresh = TrainingTimePredictor(demo.model, ntk="factored", **common).fit(demo.X, demo.y)
+    part = fresh.predict_curve(steps=[0, 7, 30], return_band=True)
+    assert fresh._curves(fresh._setting({})).computed_fraction < 1
+    assert_allclose(part.paths, dense.predict_curve(return_band=True).paths[:, [0, 7, 30]],
+                    rtol=1e-9)
+    for bad in ([], [[1]], [0.5], [31], [-1]):
+        with pytest.raises(ValueError, match="steps"):
+            fresh.predict_curve(steps=bad)
     # Θ on request equals the dense one; the spectrum is lazily computed
     assert_allclose(fact.ntk_, dense.ntk_, rtol=1e-12)
     assert_allclose(fact.eigenvalues_[:5], dense.eigenvalues_[:5], rtol=1e-9)

@@ -3,7 +3,7 @@
 
 from ._closed_form import flow_times, mse_closed_form, mse_spectral_loss
 from ._discrete import check_batches, simulate_discrete
-from ._factored import simulate_factored
+from ._factored import FactoredCurves, simulate_factored
 from ._displacement import batch_curvature, linear_displacement, stability_ratio
 from ._losses import (LOSSES, check_targets, labels_of, loss_gradient, loss_value,
                       mse_curvature, train_error)
@@ -13,9 +13,10 @@ from ._sde import (NOISE_MODELS, diagonal_noise_factor, full_noise_factor,
                    per_sample_gradients, sde_substeps, simulate_sde)
 from ._simulate import LinearizedProblem, simulate
 from ._training_time import (check_eps, check_threshold, epsilon_training_time, smooth_curve,
-                             threshold_training_time)
+                             threshold_training_time, training_times)
 
 __all__ = [
+    "FactoredCurves",
     "LOSSES",
     "LinearizedProblem",
     "NOISE_MODELS",
@@ -50,4 +51,5 @@ __all__ = [
     "stability_ratio",
     "threshold_training_time",
     "train_error",
+    "training_times",
 ]

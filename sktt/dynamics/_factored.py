@@ -33,12 +33,14 @@ Divergence is reported as the dense solver does (first step with a non-finite
 train loss; once every path has diverged, the remaining losses are inf).
 """
 
+from collections.abc import MutableMapping
+
 import numpy as np
 
 from ..utils._threads import single_threaded_blas
-from ._losses import loss_gradient, loss_value, train_error
+from ._losses import loss_gradient, loss_value_and_gradient, train_error
 
-__all__ = ["simulate_factored", "states_bytes"]
+__all__ = ["FactoredCurves", "simulate_factored", "states_bytes"]
 
 
 def states_bytes(kernel, recipe, n_paths, n_directions=2):
@@ -60,37 +62,232 @@ def _directions(problem, recipe, momentum_buffer, n_all, c):
 
 
 def _outputs(kernel, F0, E, Z, start, stop, eval_rows):
-    """F of rows [start, stop) (whole samples) at every stored state: (M, n_b, C)."""
+    """F of rows [start, stop) (whole samples) at every state: (M, n_b, C), and the rows
+    (float64) and fixed directions of the block."""
     part = kernel.eval_rows if eval_rows else kernel.rows
     d = kernel.dim
     rows = np.asarray(part[start:stop], dtype=np.float64)  # (n_b·C, D0)
     offset = kernel.n_train_rows if eval_rows else 0
+    E_block = E[offset + start:offset + stop]
     out = Z[:, :d] @ rows.T
     if E.shape[1]:
-        out += Z[:, d:] @ E[offset + start:offset + stop].T
+        out += Z[:, d:] @ E_block.T
     c = kernel.n_outputs
     out = out.reshape(Z.shape[0], -1, c)
     out += F0[(offset + start) // c:(offset + stop) // c][None]
-    return out
+    return out, rows, E_block
 
 
-def _curves(kernel, problem, F0, E, Z, *, eval_rows):
-    """Mean loss and train error (%) at every stored state, accumulated over row blocks."""
+def _curves(kernel, problem, F0, E, Z, *, eval_rows, gradient=False):
+    """Mean loss and train error (%) at every state of ``Z`` (M, D0 + k), accumulated over
+    row blocks; with ``gradient``, also ∇_z of the mean loss (M, D0 + k)."""
     if eval_rows:
         targets, labels, n = problem.eval_targets, problem.eval_labels, problem.n_eval
     else:
         targets, labels, n = problem.targets, problem.labels, problem.f0.shape[0]
-    c = kernel.n_outputs
+    c, d = kernel.n_outputs, kernel.dim
     loss = np.zeros(Z.shape[0])
     error = None if labels is None else np.zeros(Z.shape[0])
+    grad = np.zeros(Z.shape) if gradient else None
     for s, e in kernel.row_blocks(width=Z.shape[0], eval_rows=eval_rows):
-        F = _outputs(kernel, F0, E, Z, s, e, eval_rows)
+        F, rows, E_block = _outputs(kernel, F0, E, Z, s, e, eval_rows)
         sl = slice(s // c, e // c)
         weight = (e - s) / c / n  # the block's share of the mean over samples
-        loss += weight * loss_value(F, targets[sl], problem.loss)
+        value, g = loss_value_and_gradient(F, targets[sl], problem.loss, gradient=gradient)
+        loss += weight * value
         if error is not None:
             error += weight * train_error(F, labels[sl])
-    return loss, error
+        if gradient:  # ∇_z L = (J̃ᵀ ∇_F L, Eᵀ ∇_F L), the block's share
+            g = weight * g.reshape(Z.shape[0], -1)
+            grad[:, :d] += g @ rows
+            grad[:, d:] += g @ E_block
+    return loss, error, grad
+
+
+class FactoredCurves(MutableMapping):
+    r"""The curves of a sketch-space run, computed from its stored states when asked.
+
+    A mapping with the keys of every :func:`~sktt.dynamics.simulate` result
+    (``"loss"``, ``"error"``, ``"eval_loss"``, ``"eval_error"``,
+    ``"diverged_at"``; callers may add their own). Reading a curve computes it
+    at every step once (the blocked products of the module docstring, then the
+    dense solver's divergence bookkeeping). :meth:`at` computes the curves at
+    some steps only, and :meth:`loss_lower_bounds` gives, for every step, a
+    lower bound on the loss that costs a few dozen steps' products: together
+    they let :func:`~sktt.dynamics._training_time.training_times` find
+    :math:`T_\varepsilon` exactly while computing a small part of the curve.
+
+    The bound. The mean loss is convex in the outputs :math:`F` (cross-entropy
+    and squared error), and :math:`F` is affine in the state
+    :math:`z = (u, a)`, so at any anchor state :math:`z_a`
+
+    .. math:: L(z_t) \ge L(z_a) + \langle \nabla_z L(z_a),\, z_t - z_a \rangle,
+
+    with :math:`\nabla_z L = (\tilde J^\top \nabla_F L,\ E^\top \nabla_F L)`:
+    one more blocked product per anchor. Anchors every ``T/32`` steps; each step
+    takes the larger of the bounds from the anchors on either side.
+    """
+
+    _CURVES = ("loss", "error", "eval_loss", "eval_error")
+    _N_ANCHOR_INTERVALS = 32
+    _FINITE_OUTPUTS = 1e100  # |F| below this: every loss is finite (no overflow in F² or exp)
+
+    def __init__(self, kernel, problem, F0, E, Z):
+        self.kernel, self.problem, self.F0, self.E = kernel, problem, F0, E
+        self.states = Z  # (T + 1, P, D0 + k)
+        self.n_steps = Z.shape[0] - 1
+        self.n_paths = Z.shape[1]
+        self._sides = {}  # "train" / "eval": computed points
+        self._full = None
+        self._extra = {}
+        self._finite = None
+        self._bounds = {}
+
+    # -- the mapping ---------------------------------------------------------------------------
+    def __getitem__(self, key):
+        if key in self._extra:
+            return self._extra[key]
+        if key in self._CURVES or key == "diverged_at":
+            if key == "diverged_at" and self.certainly_finite:
+                return np.full(self.n_paths, -1)
+            if self._full is None:
+                self._full = self._compute_full()
+            return self._full[key]
+        raise KeyError(key)
+
+    def __setitem__(self, key, value):
+        if key in self._CURVES or key == "diverged_at":
+            raise KeyError(f"{key!r} is computed from the stored states; it cannot be set.")
+        self._extra[key] = value
+
+    def __delitem__(self, key):
+        del self._extra[key]
+
+    def __iter__(self):
+        yield from self._CURVES
+        yield "diverged_at"
+        yield from self._extra
+
+    def __len__(self):
+        return len(self._CURVES) + 1 + len(self._extra)
+
+    # -- partial evaluation ----------------------------------------------------------------------
+    def _has(self, side):
+        if side == "eval":
+            return self.problem.n_eval > 0
+        return True
+
+    def _side(self, key):
+        side = "eval" if key.startswith("eval_") else "train"
+        metric = key[5:] if side == "eval" else key
+        return side, metric
+
+    @property
+    def certainly_finite(self):
+        """Whether every output of every stored state is below ``1e100`` in magnitude, so that
+        no loss can be non-finite (then no path diverges and the curves need no bookkeeping)."""
+        if self._finite is None:
+            Z = self.states
+            finite = bool(np.all(np.isfinite(Z)))
+            if finite:
+                d = self.kernel.dim
+                u = np.linalg.norm(Z[..., :d], axis=-1).max()
+                a = np.linalg.norm(Z[..., d:], axis=-1).max() if Z.shape[-1] > d else 0.0
+                rows = max(self.kernel.max_row_norm(), self.kernel.max_row_norm(eval_rows=True))
+                e = np.linalg.norm(self.E, axis=1).max() if self.E.size else 0.0
+                bound = np.abs(self.F0).max() + rows * u + e * a
+                finite = bool(bound < self._FINITE_OUTPUTS)
+            self._finite = finite
+        return self._finite
+
+    @property
+    def computed_fraction(self):
+        """Share of the steps whose training loss has been computed (1 once the full curves are)."""
+        if self._full is not None:
+            return 1.0
+        return float(self._points("train")["known"].mean())
+
+    def _points(self, side):
+        if side not in self._sides:
+            shape = (self.n_paths, self.n_steps + 1)
+            labels = self.problem.eval_labels if side == "eval" else self.problem.labels
+            self._sides[side] = {"loss": np.full(shape, np.nan),
+                                 "error": None if labels is None else np.full(shape, np.nan),
+                                 "known": np.zeros(self.n_steps + 1, dtype=bool)}
+        return self._sides[side]
+
+    def _evaluate(self, side, steps, gradient=False):
+        """Loss, error (P, S) at ``steps`` (stored), and ∇_z L (S, P, D0 + k) with ``gradient``."""
+        steps = np.asarray(steps, dtype=np.int64)
+        flat = self.states[steps].reshape(-1, self.states.shape[-1])
+        with np.errstate(over="ignore", invalid="ignore"):
+            loss, error, grad = _curves(self.kernel, self.problem, self.F0, self.E, flat,
+                                        eval_rows=side == "eval", gradient=gradient)
+        shape = (len(steps), self.n_paths)
+        points = self._points(side)
+        points["loss"][:, steps] = loss.reshape(shape).T
+        if error is not None:
+            points["error"][:, steps] = error.reshape(shape).T
+        points["known"][steps] = True
+        return None if grad is None else grad.reshape(shape + (-1,))
+
+    def at(self, key, steps):
+        """The curve ``key`` of every path at ``steps`` only: (P, len(steps)) float64.
+
+        Computes the steps not yet known (a blocked pass over the rows for all of
+        them at once); once the full curves exist (or a path may diverge), reads those.
+        """
+        steps = np.asarray(steps, dtype=np.int64).reshape(-1)
+        side, metric = self._side(key)
+        if not self._has(side) or (metric == "error" and self._points(side)["error"] is None):
+            return None
+        if self._full is not None or not self.certainly_finite:
+            return self[key][:, steps]
+        points = self._points(side)
+        missing = np.unique(steps[~points["known"][steps]])
+        if missing.size:
+            self._evaluate(side, missing)
+        return points[metric][:, steps]
+
+    def loss_lower_bounds(self, key):
+        """(P, T + 1) lower bounds of the loss curve ``key`` ("loss" or "eval_loss") by
+        convexity (see the class docstring); exact at the anchors. Needs
+        :attr:`certainly_finite`."""
+        if key not in self._bounds:
+            side, metric = self._side(key)
+            if metric != "loss" or not self._has(side):
+                raise ValueError(f"lower bounds exist for the loss curves, not {key!r}.")
+            T = self.n_steps
+            anchors = np.unique(np.linspace(0, T, self._N_ANCHOR_INTERVALS + 1).round()
+                                .astype(np.int64))
+            grad = self._evaluate(side, anchors, gradient=True)  # (A, P, D0 + k)
+            loss = self._points(side)["loss"][:, anchors].T  # (A, P)
+            lower = np.full((self.n_paths, T + 1), -np.inf)
+            for i, a in enumerate(anchors):
+                lo = anchors[i - 1] if i else a
+                hi = anchors[i + 1] if i + 1 < len(anchors) else a
+                span = slice(lo, hi + 1)
+                delta = self.states[span] - self.states[a][None]  # (S, P, D0 + k)
+                bound = loss[i][None] + np.einsum("spk,pk->sp", delta, grad[i])
+                lower[:, span] = np.maximum(lower[:, span], bound.T)
+            self._bounds[key] = lower
+        return self._bounds[key]
+
+    def _compute_full(self):
+        flat = self.states.reshape(-1, self.states.shape[-1])
+        shape = (self.n_steps + 1, self.n_paths)
+        out = {}
+        for side in ("train", "eval"):
+            prefix = "eval_" if side == "eval" else ""
+            loss = error = None
+            if self._has(side):
+                with np.errstate(over="ignore", invalid="ignore"):
+                    loss, error, _ = _curves(self.kernel, self.problem, self.F0, self.E, flat,
+                                             eval_rows=side == "eval")
+                loss = loss.reshape(shape).T.copy()
+                error = None if error is None else error.reshape(shape).T.copy()
+            out[prefix + "loss"], out[prefix + "error"] = loss, error
+        return _mark_divergence(out)
 
 
 @single_threaded_blas
@@ -147,17 +344,7 @@ def simulate_factored(kernel, problem, recipe, *, batches=None, momentum_buffer=
             step, buffer = recipe.direction(update, buffer)
             z = z - lrs[t] * step
             Z[t + 1] = z
-        flat = Z.reshape((n_steps + 1) * n_paths, d + k)
-        loss, error = _curves(kernel, problem, F0, E, flat, eval_rows=False)
-        eval_loss = eval_error = None
-        if n_eval:
-            eval_loss, eval_error = _curves(kernel, problem, F0, E, flat, eval_rows=True)
-    shape = (n_steps + 1, n_paths)
-    out = {"loss": loss.reshape(shape).T.copy(),
-           "error": None if error is None else error.reshape(shape).T.copy(),
-           "eval_loss": None if eval_loss is None else eval_loss.reshape(shape).T.copy(),
-           "eval_error": None if eval_error is None else eval_error.reshape(shape).T.copy()}
-    return _mark_divergence(out)
+    return FactoredCurves(kernel, problem, F0, E, Z)
 
 
 def _mark_divergence(out):

@@ -7,13 +7,24 @@ Given a curve :math:`L_0, \dots, L_T`, the paper's (Algorithm 1) ε-training-tim
 always defined (``t = T`` qualifies). ``ε`` is in the curve's units: loss units
 for the loss, percentage points for the train error. The threshold variant is
 the first ``t`` with :math:`L_t \le \tau`; it may not exist within ``T``.
+
+Both need the curve only where it may qualify. Given lower bounds
+:math:`\ell_t \le L_t` (a factored run gives them for its loss curves by
+convexity, :class:`~sktt.dynamics._factored.FactoredCurves`), a step with
+:math:`\ell_t \ge L_T + \varepsilon` (or :math:`\ell_t > \tau`) cannot
+qualify, so :func:`training_times` computes the curve exactly only at the other
+steps, in increasing order, until one qualifies: the same time as the full
+curve gives, at a fraction of its cost when the bounds are tight.
 """
 
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
 __all__ = ["check_eps", "check_threshold", "epsilon_training_time", "threshold_training_time",
-           "smooth_curve"]
+           "smooth_curve", "training_times"]
+
+_BOUND_TOLERANCE = 1e-9  # relative slack on a lower bound (round-off of its dot products)
+_CHUNK = 16  # steps computed together while searching (one blocked pass over the rows)
 
 
 def check_eps(eps):
@@ -75,3 +86,86 @@ def threshold_training_time(curve, threshold):
     below = curve[..., None, :] <= thr.reshape(-1, 1)
     times = np.where(below.any(axis=-1), np.argmax(below, axis=-1), -1)
     return times[..., 0] if thr.ndim == 0 else times
+
+
+def _first_qualifying(lower, may_qualify, qualifies, evaluate):
+    """First step whose value qualifies, computing only the steps whose lower bound may.
+
+    ``may_qualify(lower)`` must hold wherever ``qualifies(value)`` can, for any
+    value ≥ its bound. Returns -1 when no step qualifies.
+    """
+    candidates = np.flatnonzero(may_qualify(lower))
+    for i in range(0, len(candidates), _CHUNK):
+        steps = candidates[i:i + _CHUNK]
+        ok = qualifies(evaluate(steps))
+        if ok.any():
+            return int(steps[np.argmax(ok)])
+    return -1
+
+
+def _bounded_time(lower, evaluate, last, value, kind):
+    """T_ε (``kind="eps"``, ``last`` = L_T) or the threshold time of one curve from bounds."""
+    slack = _BOUND_TOLERANCE * max(1.0, abs(last), abs(value))
+    if kind == "eps":
+        return _first_qualifying(lower, lambda lb: lb < last + value + slack,
+                                 lambda v: np.abs(v - last) < value, evaluate)
+    return _first_qualifying(lower, lambda lb: lb <= value + slack, lambda v: v <= value,
+                             evaluate)
+
+
+def training_times(curves, key, values, *, kind, smooth=None, per_path=False):
+    """Training times of the mean curve over paths (and of each path) for every ε or τ.
+
+    Parameters
+    ----------
+    curves : mapping
+        A :func:`~sktt.dynamics.simulate` result; its ``key`` entry is (P, T + 1).
+        A :class:`~sktt.dynamics._factored.FactoredCurves` of finite outputs is
+        searched through its loss lower bounds (same result, few steps computed).
+    key : str
+        ``"loss"``, ``"error"``, ``"eval_loss"`` or ``"eval_error"``.
+    values : ndarray
+        ε (``kind="eps"``) or τ (``kind="threshold"``), scalar or 1-D.
+    smooth : int or None
+        Moving-average window applied to the curves first (:func:`smooth_curve`).
+    per_path : bool
+        Also compute each path's time.
+
+    Returns
+    -------
+    times : ndarray of int
+        Shape of ``values``; -1 where a threshold is never reached.
+    path_times : ndarray of int or None
+        (P,) or (P, E) with ``per_path``.
+    first, last : float
+        The mean curve at steps 0 and T (after smoothing).
+    """
+    flat = np.atleast_1d(values)
+    bounded = (smooth is None and key in ("loss", "eval_loss")
+               and getattr(curves, "certainly_finite", False))
+    if bounded:
+        n_steps = curves.n_steps
+        lower = curves.loss_lower_bounds(key)  # (P, T + 1)
+        ends = curves.at(key, [0, n_steps])  # (P, 2)
+        first, last = ends.mean(axis=0)
+        times = np.array([_bounded_time(lower.mean(axis=0),
+                                        lambda s: curves.at(key, s).mean(axis=0), last, v, kind)
+                          for v in flat])
+        path_times = None
+        if per_path:
+            path_times = np.array([[_bounded_time(lower[p], lambda s, p=p: curves.at(key, s)[p],
+                                                  ends[p, 1], v, kind) for v in flat]
+                                   for p in range(curves.n_paths)])
+    else:
+        paths = np.asarray(curves[key], dtype=np.float64)
+        with np.errstate(invalid="ignore"):  # diverged paths hold inf
+            mean = smooth_curve(paths.mean(axis=0), smooth)
+        paths = smooth_curve(paths, smooth)
+        first, last = mean[0], mean[-1]
+        find = epsilon_training_time if kind == "eps" else threshold_training_time
+        times = np.atleast_1d(find(mean, flat))
+        path_times = find(paths, flat) if per_path else None
+    if np.ndim(values) == 0:
+        times = times[0]
+        path_times = None if path_times is None else path_times[:, 0]
+    return times, path_times, float(first), float(last)

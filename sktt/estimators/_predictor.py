@@ -20,8 +20,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from ..dynamics import (LOSSES, LinearizedProblem, check_batches, check_eps, check_targets,
-                        check_threshold, epsilon_training_time, labels_of, simulate, smooth_curve,
-                        threshold_training_time)
+                        check_threshold, labels_of, simulate, training_times)
 from ..dynamics._displacement import max_curvature
 from ..exceptions import (DivergenceError, DivergenceWarning, EpsilonWarning,
                           LinearizationWarning, NotFittedError, ThresholdNotReachedError)
@@ -29,7 +28,7 @@ from ..gradients import (as_inputs, model_outputs,
                          ntk_from_model)
 from ..gram import DenseKernel, FactoredKernel, check_ntk
 from ..training import measure_step_time
-from ..utils import check_choice, check_int, derive_seed, parse_memory, root_seed
+from ..utils import check_choice, check_int, check_steps, derive_seed, parse_memory, root_seed
 from ..utils._batches import dataloader_batches
 from ..gradients._outputs import check_output
 from ..gradients._auto_projection import resolve_projection
@@ -802,25 +801,28 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         diverges iff its stability ratio exceeds 1, whatever ``n_steps`` shows).
         """
         recipe = setting.recipe
-        loss = np.asarray(out["loss"], dtype=np.float64)
-        mean = loss.mean(axis=0) if loss.ndim == 2 else loss
-        with np.errstate(invalid="ignore"):
-            finite = np.isfinite(mean)
-        if not np.all(finite):
-            bad = np.asarray(out.get("diverged_at", [-1]))
-            step = int(bad[bad >= 0].min()) if np.any(bad >= 0) else int(np.argmin(finite))
-            return f"the loss becomes non-finite at step {step}"
+        if getattr(out, "certainly_finite", False):  # a factored run: its ends, not every step
+            mean = out.at("loss", [0, recipe.n_steps]).mean(axis=0)
+        else:
+            loss = np.asarray(out["loss"], dtype=np.float64)
+            mean = loss.mean(axis=0) if loss.ndim == 2 else loss
+            with np.errstate(invalid="ignore"):
+                finite = np.isfinite(mean)
+            if not np.all(finite):
+                bad = np.asarray(out.get("diverged_at", [-1]))
+                step = int(bad[bad >= 0].min()) if np.any(bad >= 0) else int(np.argmin(finite))
+                return f"the loss becomes non-finite at step {step}"
         solver = recipe.resolved_solver
         sgd = not recipe.full_batch
         if recipe.is_adamw:  # no linear stability edge: only a rise is a sign
             if mean[-1] > mean[0] * (1.0 + 1e-9):
-                return (f"the loss at step {len(mean) - 1} ({mean[-1]:.4g}) is above where it "
+                return (f"the loss at step {recipe.n_steps} ({mean[-1]:.4g}) is above where it "
                         f"starts ({mean[0]:.4g})")
             return None
         if mean[-1] > mean[0] * (1.0 + 1e-9):
             ratio = self._stability(recipe, sgd=sgd)
             if ratio >= 1.0:  # below the edge a rise is SGD's noise floor, not divergence
-                return (f"the loss at step {len(mean) - 1} ({mean[-1]:.4g}) is above where it "
+                return (f"the loss at step {recipe.n_steps} ({mean[-1]:.4g}) is above where it "
                         f"starts ({mean[0]:.4g}): past the stability edge ({_EDGE} = "
                         f"{ratio:.3g} at w0, 1 is the edge) the linearised loss grows or "
                         "oscillates and has not trained within n_steps")
@@ -876,7 +878,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
                 f"{recipe.effective_lr * lam / scale:.3g}; try a smaller lr")
 
     def predict_curve(self, metric="loss", *, on="train", return_band=False,
-                      quantiles=(0.05, 0.95), batches=None, **overrides):
+                      quantiles=(0.05, 0.95), steps=None, batches=None, **overrides):
         """Predicted train (or held-out) loss or error (%) at steps 0..n_steps.
 
         Parameters
@@ -891,6 +893,11 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
             Return the spread over the simulated SGD paths too (see Returns).
         quantiles : (float, float), default=(0.05, 0.95)
             Levels of the band's lower and upper edges.
+        steps : array-like of int, optional
+            Only these steps (each in ``[0, n_steps]``), as a training loop that
+            evaluates every k steps would: with a factored kernel
+            (``ntk_mode_ == "factored"``) only they are computed, which is
+            what makes a long curve on a large set cheap. None = every step.
         batches : list of array-like, optional
             An explicit minibatch sequence for the ``"discrete"`` solver: one
             index array per step (shape ``(b,)``, e.g. from
@@ -904,7 +911,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
 
         Returns
         -------
-        curve : ndarray of shape (n_steps + 1,)
+        curve : ndarray of shape (n_steps + 1,) or (len(steps),)
             The mean over the simulated paths (the expected loss of the
             linearised model; one path for GD and the ODE).
         band : sklearn.utils.Bunch
@@ -913,7 +920,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
             ``quantiles`` and ``paths`` (n_paths, n_steps + 1). Deterministic
             solvers give a degenerate band (lower = upper = mean).
         """
-        setting, out, band = self._predicted(metric, quantiles, batches, overrides, on)
+        setting, out, band = self._predicted(metric, quantiles, batches, overrides, on, steps)
         self._warn_trust(setting)
         if out["divergence"] is not None:
             warnings.warn(f"the predicted training diverges: {out['divergence']} "
@@ -921,18 +928,27 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
                           stacklevel=2)
         return band if return_band else band.mean
 
-    def _predicted(self, metric, quantiles, batches, overrides, on="train"):
-        """``(setting, out, band)``: the work of predict_curve, without warnings."""
+    def _run(self, metric, batches, overrides, on="train"):
+        """``(setting, out, key)``: the simulated (cached) curves and the key of ``metric``."""
         check_is_fitted(self, "f0_")
         check_choice("metric", metric, METRICS)
         if metric == "error" and not self._has_error_metric():
             raise ValueError("metric='error' needs a classification target: cross-entropy, or MSE "
                              "with C >= 2 outputs (the label is argmax of the target).")
-        quantiles = check_quantiles(quantiles)
         setting = self._setting(overrides)
         key = self._curve_key(metric, on, setting.recipe.resolved_solver)  # ._eval_set
-        out = self._curves(setting, batches)
-        return setting, out, curve_band(out[key], quantiles)
+        return setting, self._curves(setting, batches), key
+
+    def _predicted(self, metric, quantiles, batches, overrides, on="train", steps=None):
+        """``(setting, out, band)``: the work of predict_curve, without warnings."""
+        quantiles = check_quantiles(quantiles)
+        setting, out, key = self._run(metric, batches, overrides, on)
+        if steps is None:
+            return setting, out, curve_band(out[key], quantiles)
+        steps = check_steps(steps, setting.recipe.n_steps)
+        at = getattr(out, "at", None)  # a factored run computes only these steps
+        paths = at(key, steps) if at is not None else np.asarray(out[key])[:, steps]
+        return setting, out, curve_band(paths, quantiles)
 
     def predict_time(self, eps=None, metric="loss", *, on="train", threshold=None, smooth=None,
                      unit="steps", return_distribution=False, quantiles=(0.05, 0.95),
@@ -1001,34 +1017,30 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         check_choice("unit", unit, ("steps", "seconds"))
         seconds_per_step = self._seconds_per_step(overrides) if unit == "seconds" else None
         quantiles = check_quantiles(quantiles)
-        setting, out, band = self._predicted(metric, quantiles, batches, overrides, on)
+        setting, out, key = self._run(metric, batches, overrides, on)
         self._warn_trust(setting)
         if out["divergence"] is not None:
             raise DivergenceError(f"the predicted training diverges, so no training time exists: "
                                   f"{out['divergence']} ({self._stability_hint(setting.recipe)}).")
-        paths = smooth_curve(band.paths, smooth)
-        curve = smooth_curve(band.mean, smooth)
+        kind = "eps" if eps is not None else "threshold"
+        values = check_eps(eps) if eps is not None else check_threshold(threshold)
+        # the point is the time of the mean curve over paths (measured best: docs/sgd.rst)
+        times, path_times, first, last = training_times(
+            out, key, values, kind=kind, smooth=smooth, per_path=return_distribution)
+        n_steps = setting.recipe.n_steps
         if eps is not None:
-            values = check_eps(eps)
-            path_times = epsilon_training_time(paths, values)
-            # the point is T_ε of the mean curve over paths (measured best: docs/sgd.rst)
-            times = epsilon_training_time(curve, values)
-            change = abs(curve[0] - curve[-1])
+            change = abs(first - last)
             if np.any(values > change):
                 warnings.warn(
                     f"eps={values[values > change] if values.ndim else float(values)} is larger "
                     f"than the whole predicted change of the {metric} over n_steps="
-                    f"{len(curve) - 1} (|L_0 - L_T| = {change:.4g}), so T_ε = 0 says nothing "
+                    f"{n_steps} (|L_0 - L_T| = {change:.4g}), so T_ε = 0 says nothing "
                     "about training speed; use a smaller eps.", EpsilonWarning, stacklevel=2)
-        else:
-            values = check_threshold(threshold)
-            path_times = threshold_training_time(paths, values)
-            times = threshold_training_time(curve, values)
-            if np.any(times < 0):
-                missed = values[np.atleast_1d(times) < 0] if values.ndim else values
-                raise ThresholdNotReachedError(
-                    f"threshold {missed} is not reached within n_steps={len(curve) - 1} steps (the "
-                    f"predicted {metric} ends at {curve[-1]:.4g}); raise n_steps or the threshold.")
+        elif np.any(times < 0):
+            missed = values[np.atleast_1d(times) < 0] if values.ndim else values
+            raise ThresholdNotReachedError(
+                f"threshold {missed} is not reached within n_steps={n_steps} steps (the "
+                f"predicted {metric} ends at {last:.4g}); raise n_steps or the threshold.")
         scale = 1.0 if seconds_per_step is None else seconds_per_step
         if seconds_per_step is not None:
             seconds = np.asarray(times, dtype=np.float64) * seconds_per_step

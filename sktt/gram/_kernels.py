@@ -220,6 +220,7 @@ class FactoredKernel:
         self.block_bytes = int(block_bytes)
         self._eigh = None
         self._lambda_max = None
+        self._row_norms = {}
 
     @property
     def n_train_rows(self):
@@ -241,6 +242,19 @@ class FactoredKernel:
         per = max(1, self.block_bytes // (8 * max(self.dim, int(width)) * self.n_outputs))
         step = per * self.n_outputs
         return [(s, min(s + step, n_rows)) for s in range(0, n_rows, step)]
+
+    def max_row_norm(self, *, eval_rows=False):
+        """The largest Euclidean norm of a row of J̃ (or J̃_eval; 0 if none), cached: it
+        bounds every output change |J̃ u|_i ≤ max_i |J̃_i|·|u|."""
+        key = "eval" if eval_rows else "train"
+        if key not in self._row_norms:
+            part = self.eval_rows if eval_rows else self.rows
+            norm = 0.0
+            for s, e in self.row_blocks(eval_rows=eval_rows):
+                block = np.asarray(part[s:e], dtype=np.float64)
+                norm = max(norm, float(np.sqrt(np.einsum("ij,ij->i", block, block).max())))
+            self._row_norms[key] = norm
+        return self._row_norms[key]
 
     def gather(self, idx):
         """J̃ of the samples ``idx`` (shape (..., b)), float64 (..., b·C, D0)."""

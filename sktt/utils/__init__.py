@@ -4,6 +4,7 @@ from ._validation import (
     check_choice,
     check_fraction,
     check_int,
+    check_steps,
     check_n_jobs,
     check_positive_finite,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "check_choice",
     "check_fraction",
     "check_int",
+    "check_steps",
     "check_n_jobs",
     "check_positive_finite",
     "derive_seed",

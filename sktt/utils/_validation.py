@@ -5,7 +5,8 @@ import numbers
 
 import numpy as np
 
-__all__ = ["check_choice", "check_fraction", "check_int", "check_n_jobs", "check_positive_finite"]
+__all__ = ["check_choice", "check_fraction", "check_int", "check_n_jobs", "check_positive_finite",
+           "check_steps"]
 
 
 def check_choice(name, value, choices):
@@ -70,6 +71,19 @@ def check_int(name, value, *, low=None, high=None):
         hi = "inf" if high is None else high
         raise ValueError(f"{name}={value} is out of range; accepted: an integer in [{lo}, {hi}].")
     return value
+
+
+def check_steps(steps, n_steps):
+    """Return ``steps`` as a 1-D int64 array of step indices in ``[0, n_steps]``."""
+    values = np.asarray(steps)
+    if (values.ndim != 1 or values.size == 0 or values.dtype == bool
+            or not np.issubdtype(values.dtype, np.integer)):
+        raise ValueError(f"steps={steps!r} is invalid; accepted: a non-empty 1-D sequence of "
+                         f"integer steps in [0, n_steps={n_steps}].")
+    if values.min() < 0 or values.max() > n_steps:
+        raise ValueError(f"steps contains {int(values.min())}..{int(values.max())}; accepted: "
+                         f"integer steps in [0, n_steps={n_steps}].")
+    return values.astype(np.int64)
 
 
 def check_n_jobs(value):
