@@ -105,7 +105,8 @@ def _evaluate(item, model, settings, options):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DivergenceWarning)  # the diverged column says it
             warnings.simplefilter("ignore", LinearizationWarning)  # the trust column says it
-            curve = ttp.predict_curve("loss", **dyn)
+            last = ttp.get_recipe(**dyn).n_steps  # the ends only: a factored run computes no more
+            curve = ttp.predict_curve("loss", steps=[0, last], **dyn)
             diverged = any(issubclass(w.category, DivergenceWarning) for w in caught)
             dist = None
             try:
@@ -121,7 +122,7 @@ def _evaluate(item, model, settings, options):
             row["initial_loss"] = float(curve[0])
             row["final_loss"] = float(curve[-1])
             if options["metric"] == "error":
-                row["final_error"] = float(ttp.predict_curve("error", **dyn)[-1])
+                row["final_error"] = float(ttp.predict_curve("error", steps=[last], **dyn)[-1])
             if options["any_sgd"]:  # quantiles of T_ε over SGD paths
                 row["t_eps_low"], row["t_eps_high"] = (
                     (float(dist.lower), float(dist.upper)) if dist is not None
