@@ -99,10 +99,15 @@ class _Image:
         self.factored = getattr(kernel, "factored", False)
         self.dim = kernel.dim if self.factored else n_rows
 
-    def of_batch(self, grad_b, idx):
+    def batch(self, idx):
+        """What the batch ``idx`` (b,) reads of the kernel: J̃_B (b·C, D0) float64, or None
+        (dense: Θ's columns are read by :meth:`of_batch`)."""
+        return self.kernel.gather(idx) if self.factored else None
+
+    def of_batch(self, grad_b, idx, rows):
         """Image of a gradient ``grad_b`` (b, C) on the rows of the samples ``idx`` (b,)."""
         if self.factored:
-            return self.kernel.batch_transpose_product(grad_b[None], idx[None])[0]
+            return grad_b.reshape(-1) @ rows
         return self.kernel.batch_product(grad_b[None], idx[None])[0, :self.n_rows]
 
     def of_full(self, grad):
@@ -111,11 +116,11 @@ class _Image:
             return self.kernel.transpose_product(grad[None])[0]
         return self.kernel.full_product(grad[None])[0, :self.n_rows]
 
-    def outputs_of_batch(self, phi, idx):
-        """Θc on the rows of the samples ``idx``: (b, C)."""
+    def outputs_of_batch(self, phi, idx, rows):
+        """Θc on the rows of the samples ``idx`` (``rows``: :meth:`batch`): (b, C)."""
         c = self.kernel.n_outputs
         if self.factored:
-            return (self.kernel.gather(idx) @ phi).reshape(len(idx), c)
+            return (rows @ phi).reshape(len(idx), c)
         return phi.reshape(-1, c)[idx]
 
     def outputs(self, phi):
@@ -174,13 +179,13 @@ def stage_displacement(kernel, problem, recipe, *, batches=None, momentum_buffer
         buffer = np.zeros(size)
         buffer[-1] = 1.0
 
-    def outputs(idx=None):
+    def outputs(idx=None, rows=None):
         """F_t on the samples ``idx`` (all when None), shape (len, C)."""
         phi, alpha, gamma = state[nc:-2], state[-2], state[-1]
         if idx is None:
             F = F0 + image.outputs(phi).reshape(n, c) + alpha * jw0
             return F + gamma * A0 if resumed else F
-        F = F0[idx] + image.outputs_of_batch(phi, idx) + alpha * jw0[idx]
+        F = F0[idx] + image.outputs_of_batch(phi, idx, rows) + alpha * jw0[idx]
         return F + gamma * A0[idx] if resumed else F
 
     wanted = set(int(s) for s in record_steps)
@@ -194,9 +199,10 @@ def stage_displacement(kernel, problem, recipe, *, batches=None, momentum_buffer
                 update[nc:-2] = image.of_full(g)
             else:
                 idx = np.asarray(batches[t]).reshape(-1)
-                g_b = loss_gradient(outputs(idx), problem.targets[idx], problem.loss)
+                rows = image.batch(idx)
+                g_b = loss_gradient(outputs(idx, rows), problem.targets[idx], problem.loss)
                 np.add.at(update[:nc].reshape(n, c), idx, g_b)
-                update[nc:-2] = image.of_batch(g_b, idx)
+                update[nc:-2] = image.of_batch(g_b, idx, rows)
             if wd:  # λw = λ(Jᵀc + (1 + α) w_s + γ buf_s)
                 update += wd * state
                 update[-2] += wd
