@@ -28,6 +28,10 @@ Usage::
     python benchmarks/bench_prediction_cost.py            # demo convnet + ResNet-18-like, N=150
     python benchmarks/bench_prediction_cost.py --quick    # smaller N, fewer steps
     python benchmarks/bench_prediction_cost.py --device cuda --models resnet18
+    # issue 14's case: the ~0.3 M-parameter residual convnet, count-sketch D0 = 4096,
+    # the trust diagnostic on (its seconds are printed apart)
+    python benchmarks/bench_prediction_cost.py --models rescnn --projection countsketch \
+        --projection-dim 4096 --trust-check --train-steps 10 --reference-samples 0
 
 The training time is extrapolated from ``--train-steps`` measured steps (after
 one warm-up step): every full-batch step does the same work, and 150 real
@@ -65,12 +69,36 @@ def _setup(args):
     else:
         from sktt.datasets import resnet18_like
 
-        model = resnet18_like(num_classes=5)
+        model = _rescnn(torch, 5) if args.model == "rescnn" else resnet18_like(num_classes=5)
         g = torch.Generator().manual_seed(0)
         X = torch.randn(args.n_samples, 3, 32, 32, generator=g)
         y = torch.randint(0, 5, (args.n_samples,), generator=g)
     model = model.to(args.device).eval()
     return torch, model, X.float(), y.long()
+
+
+def _rescnn(torch, n_classes):
+    """A ~0.3 M-parameter residual convnet for 3×32×32 inputs (issue 14's cost case): a
+    32-channel stem, one BasicBlock per stage at 32, 64, 128 channels (strides 1, 2, 2),
+    BatchNorm, global average pooling and a linear head; seeded."""
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential() if stride == 1 and cin == cout else nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.shortcut(x))
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+                         Block(32, 32, 1), Block(32, 64, 2), Block(64, 128, 2),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, n_classes))
 
 
 def _sync(torch, device):
@@ -173,7 +201,7 @@ def phase_predict(args):
     projection = None if args.projection == "none" else args.projection
     ttp = TrainingTimePredictor(model, lr=1e-3, n_steps=T_STEPS, projection=projection,
                                 projection_dim=args.projection_dim, random_state=0,
-                                max_memory=args.max_memory, trust_check=False,
+                                max_memory=args.max_memory, trust_check=args.trust_check,
                                 jacobian_method=args.jacobian_method)
     # Warm-up on a few samples: one-off costs of a process (CUDA/cuDNN/cuFFT handles,
     # kernel selection) are not the prediction's, as the training phase discards step 0.
@@ -198,7 +226,7 @@ def phase_predict(args):
         "layerwise" + (f" ({len(plan.fallback)} parameters by torch.func)" if plan.fallback
                        else ""))
     return {"seconds": total, "fit_seconds": t_fit, "extraction_seconds": timings["extraction"],
-            "path": path,
+            "trust_seconds": getattr(ttp, "trust_seconds_", None), "path": path,
             "final_loss": float(curve[-1]), "rss_base": rss0, "rss_peak": rss, "gpu_peak": gpu,
             "n_params": ttp.n_params_, "theta_trace": float(ttp.ntk_.trace())}
 
@@ -261,7 +289,8 @@ def _child(args, model, phase, n_samples, extra=()):
            "--device", args.device, "--train-steps", str(args.train_steps),
            "--projection", args.projection, "--projection-dim", str(args.projection_dim),
            "--jacobian-method", args.jacobian_method, "--max-memory", args.max_memory,
-           "--reference-samples", str(args.reference_samples), "--loss", args.loss, *extra]
+           "--reference-samples", str(args.reference_samples), "--loss", args.loss,
+           *(["--trust-check"] if args.trust_check else []), *extra]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode != 0:
@@ -293,6 +322,9 @@ def main(argv=None):
                    help="samples for the torch.func seconds-per-row figure (0 = skip)")
     p.add_argument("--subset-samples", type=int, default=600,
                    help="N of the GramSpectrum case (fit on N/4, MSE); 0 = skip")
+    p.add_argument("--trust-check", action="store_true",
+                   help="fit with the trust diagnostic on (trust_check=True); its seconds are "
+                        "printed apart, and count in the prediction")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--loss", default="cross_entropy", help=argparse.SUPPRESS)
     p.add_argument("--profile", default=None,
@@ -335,6 +367,10 @@ def main(argv=None):
         print(f"  floor (fwd + C bwd)    {r['floor']['seconds']:.4g} s")
         print(f"  prediction             {pr['seconds']:.4g} s (fit {pr['fit_seconds']:.4g} s, "
               f"Jacobian extraction + Θ {pr['extraction_seconds']:.4g} s)")
+        if pr["trust_seconds"] is not None:
+            fit_alone = pr["fit_seconds"] - pr["trust_seconds"]
+            print(f"  trust diagnostic       {pr['trust_seconds']:.4g} s (in the fit; "
+                  f"{pr['trust_seconds'] / fit_alone:.1%} of the fit without it)")
         if "reference" in r:
             ref = r["reference"]["seconds_per_row"]
             print(f"  torch.func reference   {ref:.4g} s per row "

@@ -84,6 +84,52 @@ class Displacement:
     recorded: dict
 
 
+class _Image:
+    r"""The kernel's image :math:`\phi` of the coefficients, and the outputs it gives.
+
+    Dense Θ: :math:`\phi = \Theta c` (N·C numbers, the outputs' change itself);
+    factored :math:`\tilde J`: :math:`\phi = \tilde J^\top c` (D0 numbers, the
+    sketch-space state of :mod:`sktt.dynamics._factored`). Both are linear in
+    :math:`c`, so they ride along in the same recursion.
+    """
+
+    def __init__(self, kernel, n_rows):
+        self.kernel = kernel
+        self.n_rows = n_rows
+        self.factored = getattr(kernel, "factored", False)
+        self.dim = kernel.dim if self.factored else n_rows
+
+    def batch(self, idx):
+        """What the batch ``idx`` (b,) reads of the kernel: J̃_B (b·C, D0) float64, or None
+        (dense: Θ's columns are read by :meth:`of_batch`)."""
+        return self.kernel.gather(idx) if self.factored else None
+
+    def of_batch(self, grad_b, idx, rows):
+        """Image of a gradient ``grad_b`` (b, C) on the rows of the samples ``idx`` (b,)."""
+        if self.factored:
+            return grad_b.reshape(-1) @ rows
+        return self.kernel.batch_product(grad_b[None], idx[None])[0, :self.n_rows]
+
+    def of_full(self, grad):
+        """Image of a gradient ``grad`` (N·C,) on every training row."""
+        if self.factored:
+            return self.kernel.transpose_product(grad[None])[0]
+        return self.kernel.full_product(grad[None])[0, :self.n_rows]
+
+    def outputs_of_batch(self, phi, idx, rows):
+        """Θc on the rows of the samples ``idx`` (``rows``: :meth:`batch`): (b, C)."""
+        c = self.kernel.n_outputs
+        if self.factored:
+            return (rows @ phi).reshape(len(idx), c)
+        return phi.reshape(-1, c)[idx]
+
+    def outputs(self, phi):
+        """Θc on every training row: (N·C,)."""
+        if self.factored:
+            return self.kernel.apply(phi[None])[0, :self.n_rows]
+        return phi
+
+
 @single_threaded_blas
 def stage_displacement(kernel, problem, recipe, *, batches=None, momentum_buffer=None,
                        record_steps=()):
@@ -92,11 +138,15 @@ def stage_displacement(kernel, problem, recipe, *, batches=None, momentum_buffer
     The same dynamics as :func:`~sktt.dynamics.simulate_discrete` (one path),
     tracked in coefficients: every update is a combination of the Jacobian
     rows, the stage's starting weights (weight decay) and the inherited buffer
-    (a resumed run), so the state is :math:`N C + 2` numbers.
+    (a resumed run), so the state is :math:`N C + 2` numbers, plus the kernel's
+    image :math:`\phi` of :math:`c` (:class:`_Image`), updated through the
+    batch's rows only: ``O(b·C·N·C)`` (dense) or ``O(b·C·D0)`` (factored) per
+    SGD step plus ``O(N·C)`` for :math:`c`, as one path of the prediction's
+    simulation; full-set outputs are formed only at ``record_steps``.
 
     Parameters
     ----------
-    kernel : DenseKernel
+    kernel : DenseKernel or FactoredKernel
     problem : LinearizedProblem
         Outputs at the stage's start; ``jw0`` = :math:`J w_s` with weight decay.
     recipe : TrainingRecipe
@@ -112,47 +162,59 @@ def stage_displacement(kernel, problem, recipe, *, batches=None, momentum_buffer
     -------
     Displacement
     """
-    F0 = problem.f0
+    F0 = problem.f0.astype(np.float64)
     n, c = F0.shape
+    nc = n * c
     wd = recipe.weight_decay
     jw0 = problem.jw0.reshape(n, c) if wd else np.zeros((n, c))
     resumed = momentum_buffer is not None and recipe.momentum > 0
     A0 = np.asarray(momentum_buffer, dtype=np.float64).reshape(n, c) if resumed else None
+    image = _Image(kernel, nc)
     lrs = recipe.learning_rates
-    state = np.zeros(n * c + 2)  # (c, α, γ)
+    # state = (c, φ, α, γ): coefficients, their kernel image, weight decay, inherited buffer
+    size = nc + image.dim + 2
+    state = np.zeros(size)
     buffer = None
     if resumed:  # the inherited buffer is the basis vector buf_s
-        buffer = np.zeros(n * c + 2)
+        buffer = np.zeros(size)
         buffer[-1] = 1.0
-    F = F0.astype(np.float64).copy()
+
+    def outputs(idx=None, rows=None):
+        """F_t on the samples ``idx`` (all when None), shape (len, C)."""
+        phi, alpha, gamma = state[nc:-2], state[-2], state[-1]
+        if idx is None:
+            F = F0 + image.outputs(phi).reshape(n, c) + alpha * jw0
+            return F + gamma * A0 if resumed else F
+        F = F0[idx] + image.outputs_of_batch(phi, idx, rows) + alpha * jw0[idx]
+        return F + gamma * A0[idx] if resumed else F
+
     wanted = set(int(s) for s in record_steps)
-    recorded = {0: (F.copy(), state[:-2].reshape(n, c).copy())} if 0 in wanted else {}
+    recorded = {0: (F0.copy(), np.zeros((n, c)))} if 0 in wanted else {}
     with np.errstate(over="ignore", invalid="ignore"):
         for t in range(recipe.n_steps):
-            g = np.zeros((n, c))
+            update = np.zeros(size)
             if batches is None:
-                g[:] = loss_gradient(F, problem.targets, problem.loss)
+                g = loss_gradient(outputs(), problem.targets, problem.loss).ravel()
+                update[:nc] = g
+                update[nc:-2] = image.of_full(g)
             else:
                 idx = np.asarray(batches[t]).reshape(-1)
-                g[idx] = loss_gradient(F[idx], problem.targets[idx], problem.loss)
-            update = np.concatenate([g.ravel(), [0.0, 0.0]])
+                rows = image.batch(idx)
+                g_b = loss_gradient(outputs(idx, rows), problem.targets[idx], problem.loss)
+                np.add.at(update[:nc].reshape(n, c), idx, g_b)
+                update[nc:-2] = image.of_batch(g_b, idx, rows)
             if wd:  # λw = λ(Jᵀc + (1 + α) w_s + γ buf_s)
                 update += wd * state
                 update[-2] += wd
             step, buffer = recipe.direction(update, buffer)
             state -= lrs[t] * step
-            # Θc through the kernel operator (dense Θ, or J̃(J̃ᵀc) without forming Θ)
-            moved = kernel.full_product(state[None, :-2])[0, :n * c]
-            F = F0 + moved.reshape(n, c) + state[-2] * jw0
-            if resumed:
-                F += state[-1] * A0
             if t + 1 in wanted:
-                recorded[t + 1] = (F.copy(), state[:-2].reshape(n, c).copy())
-            if not np.all(np.isfinite(F)):
+                recorded[t + 1] = (outputs(), state[:nc].reshape(n, c).copy())
+            if not np.all(np.isfinite(state)):
                 break
     buf = (None, 0.0, 0.0) if buffer is None else (
-        buffer[:-2].reshape(n, c), float(buffer[-2]), float(buffer[-1]))
-    return Displacement(state[:-2].reshape(n, c), float(state[-2]), float(state[-1]),
+        buffer[:nc].reshape(n, c), float(buffer[-2]), float(buffer[-1]))
+    return Displacement(state[:nc].reshape(n, c), float(state[-2]), float(state[-1]),
                         *buf, recorded)
 
 

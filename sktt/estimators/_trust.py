@@ -242,7 +242,8 @@ def _subset_kernel(est, weights, sub):
         projection_dim=est.projection_dim,
         seed=est.seed_, chunk_size=est.chunk_size, n_jobs=None,
         max_memory=parse_memory("max_memory", est.max_memory),
-        jacobian_method=getattr(est, "jacobian_method", "auto"))
+        jacobian_method=getattr(est, "jacobian_method", "auto"),
+        min_chunks=1)  # a dozen samples: one chunk (within the budget), not 8 tiny ones
     return theta
 
 

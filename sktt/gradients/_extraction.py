@@ -38,7 +38,8 @@ from ..utils._torch import model_device_dtype
 from ._inputs import as_model_inputs, index_inputs, inputs_to, n_samples_of
 from ._jacobian import chunk_jacobian
 from ._outputs import select_logits
-from ._parallel import cap_chunk_size, map_chunks, n_jobs_for_work, n_workers_for
+from ._parallel import (MIN_CHUNKS, cap_chunk_size, map_chunks, n_jobs_for_work,
+                        n_workers_for)
 from ._factor_gram import concat_storage, dense_gram, factored_gram, to_storage
 from ._layer_rules import Dense, sum_dense
 from ._layerwise_plan import exact_mode, plan_layerwise, storage_bytes
@@ -341,7 +342,8 @@ def group_parameters(named_sizes, n_rows, budget, *, too_big=_too_big_for_exact_
 
 def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projection_dim=2048,
                    seed=0, chunk_size=None, n_jobs=None, max_memory, verbose=0,
-                   jacobian_method="auto", form_ntk=True, rows_dir=None, output=None):
+                   jacobian_method="auto", form_ntk=True, rows_dir=None, output=None,
+                   min_chunks=MIN_CHUNKS):
     """The empirical NTK Θ (float64, ``(N·C, N·C)``) and, if projected, the projected rows.
 
     Parameters
@@ -375,6 +377,10 @@ def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projecti
         Which part of the model's output are the logits (:func:`select_logits`):
         None takes a tensor as is, ``.logits`` of a ``transformers`` output,
         ``["logits"]`` of a dict, element 0 of a tuple.
+    min_chunks : int, default=MIN_CHUNKS (8)
+        With ``chunk_size=None``, cut the samples into at least this many chunks
+        (so that ``n_jobs=1`` and ``2`` chunk alike); 1 for a few samples whose
+        per-chunk overhead would dominate (the trust diagnostic's probe).
 
     Returns
     -------
@@ -423,7 +429,7 @@ def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projecti
         projector = BlockProjector(projection, projection_dim, seed)
         avail = budget - rows_bytes
         chunk_size, work_bytes = _chunk_plan(plan, n, n_outputs, n_params, itemsize, max_memory,
-                                             avail, chunk_size, n_jobs)
+                                             avail, chunk_size, n_jobs, min_chunks=min_chunks)
         rows = jacobian_rows(model, inputs, names, projector=projector, chunk_size=chunk_size,
                              n_jobs=n_jobs, verbose=verbose, plan=plan, work_bytes=work_bytes,
                              jacobian_method="functorch" if plan is None else jacobian_method,
@@ -436,11 +442,13 @@ def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projecti
         return rows64 @ rows64.T, rows
     if plan is not None:
         return _layerwise_exact(model, inputs, names, plan, n_outputs, n_params, itemsize,
-                                max_memory, budget, chunk_size, n_jobs, verbose), None
+                                max_memory, budget, chunk_size, n_jobs, verbose,
+                                min_chunks), None
     if chunk_size is None:
         workers = n_workers_for(n_jobs, n)  # concurrent chunks share the budget
         chunk_size = cap_chunk_size(
-            plan_chunk_size(n, n_outputs, n_params, itemsize, max_memory // workers), n, workers)
+            plan_chunk_size(n, n_outputs, n_params, itemsize, max_memory // workers), n, workers,
+            min_chunks=min_chunks)
     ntk = np.zeros((n_rows, n_rows))
     for group in group_parameters(sizes, n_rows, budget):
         rows = jacobian_rows(model, inputs, group, chunk_size=chunk_size, n_jobs=n_jobs,
@@ -450,19 +458,21 @@ def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projecti
     return ntk, None
 
 
-def _chunk_plan(plan, n, n_outputs, n_params, itemsize, max_memory, avail, chunk_size, n_jobs):
+def _chunk_plan(plan, n, n_outputs, n_params, itemsize, max_memory, avail, chunk_size, n_jobs,
+                *, min_chunks=MIN_CHUNKS):
     """Chunk size and per-layer working memory of one task.
 
     The layer-wise path keeps one chunk's forward graph and C output gradients
     (measured per sample on the probe) in half of ``avail`` and the temporaries
-    of one layer in a quarter, shared among the workers.
+    of one layer in a quarter, shared among the workers; at least ``min_chunks``
+    chunks (:func:`~sktt.gradients._parallel.plan_n_chunks`).
     """
     workers = n_workers_for(n_jobs, n)
     if plan is None:
         if chunk_size is None:  # concurrent chunks share the budget
             chunk_size = cap_chunk_size(
                 plan_chunk_size(n, n_outputs, n_params, itemsize, max_memory // workers), n,
-                workers)
+                workers, min_chunks=min_chunks)
         return chunk_size, None
     avail = max(int(avail), 1)
     work_bytes = max(avail // (4 * workers), 1)
@@ -470,7 +480,7 @@ def _chunk_plan(plan, n, n_outputs, n_params, itemsize, max_memory, avail, chunk
         per_sample = max(plan.saved_bytes_per_sample, 1)
         chunk_size = int(max(1, min(n, (avail // (2 * workers)) // per_sample)))
         # >= 8 chunks and >= 2 per worker, the same for n_jobs = 1 and 2 (same bits)
-        chunk_size = cap_chunk_size(chunk_size, n, workers)
+        chunk_size = cap_chunk_size(chunk_size, n, workers, min_chunks=min_chunks)
     return chunk_size, work_bytes
 
 
@@ -492,7 +502,7 @@ def _chunk_storage_task(x, model, plan, group, modes, work_bytes):
 
 
 def _layerwise_exact(model, inputs, names, plan, n_outputs, n_params, itemsize, max_memory,
-                     budget, chunk_size, n_jobs, verbose):
+                     budget, chunk_size, n_jobs, verbose, min_chunks=MIN_CHUNKS):
     """Exact Θ from per-layer representations, parameter groups sized to the budget."""
     n = n_samples_of(inputs)
     n_rows = n * n_outputs
@@ -524,7 +534,7 @@ def _layerwise_exact(model, inputs, names, plan, n_outputs, n_params, itemsize, 
     largest = max(sum(need for name, need in sizes if name in g) for g in groups)
     avail = max(budget - largest, budget // 8)
     chunk_size, work_bytes = _chunk_plan(plan, n, n_outputs, n_params, itemsize, max_memory,
-                                         avail, chunk_size, n_jobs)
+                                         avail, chunk_size, n_jobs, min_chunks=min_chunks)
     ntk = torch.zeros(n_rows, n_rows, dtype=torch.float64)
     for group in groups:
         parts = _parallel_map(_chunk_storage_task, (model, plan, group, modes, work_bytes),

@@ -321,7 +321,11 @@ def _lost_worker_errors():
     return tuple(types)
 
 
-def plan_n_chunks(n_samples, n_workers, *, min_chunks=8):
+#: Default least number of chunks of an extraction (:func:`plan_n_chunks`).
+MIN_CHUNKS = 8
+
+
+def plan_n_chunks(n_samples, n_workers, *, min_chunks=MIN_CHUNKS):
     """Chunks to cut ``n_samples`` into so that ``n_workers`` all get work.
 
     At least ``min_chunks`` (independent of ``n_jobs`` up to ``min_chunks / 2``
@@ -331,6 +335,7 @@ def plan_n_chunks(n_samples, n_workers, *, min_chunks=8):
     return max(1, min(int(n_samples), max(int(min_chunks), 2 * int(n_workers))))
 
 
-def cap_chunk_size(chunk_size, n_samples, n_workers):
+def cap_chunk_size(chunk_size, n_samples, n_workers, *, min_chunks=MIN_CHUNKS):
     """``chunk_size`` lowered so that there are :func:`plan_n_chunks` chunks."""
-    return max(1, min(int(chunk_size), math.ceil(n_samples / plan_n_chunks(n_samples, n_workers))))
+    n_chunks = plan_n_chunks(n_samples, n_workers, min_chunks=min_chunks)
+    return max(1, min(int(chunk_size), math.ceil(n_samples / n_chunks)))

@@ -1,0 +1,101 @@
+"""The trust diagnostic's cheap paths (issue 14): displacement through the kernel's image,
+the factored kernel, and the probe's extraction built once.
+
+References: the function-space simulation (:func:`sktt.dynamics.simulate`, one path)
+for the displacement's recorded outputs; the dense kernel's report for the factored
+one (same projection and seed: the same Θ̃, so the same report to round-off).
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_allclose
+
+from sktt import TrainingTimePredictor
+from sktt.dynamics import simulate
+from sktt.dynamics._displacement import stage_displacement
+from sktt.dynamics._losses import loss_value
+from sktt.dynamics._recipe import TrainingRecipe
+from sktt.dynamics._simulate import LinearizedProblem
+from sktt.gram._kernels import DenseKernel, FactoredKernel
+
+RECIPES = [dict(), dict(momentum=0.9), dict(momentum=0.5, dampening=0.3, nesterov=False,
+                                              weight_decay=0.02),
+           dict(momentum=0.9, nesterov=True)]
+
+
+def _tanh_net(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+
+
+def _data(n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 6, generator=g)
+    return X, (X[:, :3] + 0.3 * torch.randn(n, 3, generator=g)).argmax(1)
+
+
+@pytest.fixture(scope="module")
+def linearized():
+    rng = np.random.default_rng(0)
+    n, c, d = 24, 3, 40
+    rows = rng.normal(size=(n * c, d)) / np.sqrt(d)
+    f0 = rng.normal(size=(n, c))
+    return rows, f0, rng.integers(0, c, n), rng.normal(size=(n, c))
+
+
+@pytest.mark.parametrize("factored", [False, True])
+@pytest.mark.parametrize("batch_size", [None, 5])
+@pytest.mark.parametrize("terms", RECIPES)
+def test_displacement_outputs_are_the_simulated_ones(linearized, factored, batch_size, terms):
+    """F_t recorded by the displacement (batch rows only per step) = the simulation's F_t:
+    its loss equals the simulated curve, and F_t = F0 + Θ c_t + α_t Φ0 from c_t itself."""
+    rows, f0, y, jw0 = linearized
+    n, c = f0.shape
+    kernel = FactoredKernel(rows, c) if factored else DenseKernel(rows @ rows.T, c)
+    T = 30
+    recipe = TrainingRecipe(lr=0.5, n_steps=T, batch_size=batch_size, **terms)
+    problem = LinearizedProblem(f0=f0, targets=y, loss="cross_entropy",
+                                jw0=jw0 if recipe.weight_decay else None)
+    rng = np.random.default_rng(1)
+    batches = None if batch_size is None else [
+        rng.choice(n, batch_size, replace=False)[None] for _ in range(T)]
+    steps = [0, 7, T]
+    d = stage_displacement(kernel, problem, recipe, batches=batches, record_steps=steps)
+    curve = simulate(kernel, problem, recipe.replace(solver="discrete", n_paths=1),
+                     batches=batches)["loss"][0]
+    for s in steps:
+        F, _ = d.recorded[s]
+        assert_allclose(loss_value(F[None], y, "cross_entropy")[0], curve[s], rtol=1e-12)
+    F, coef = d.recorded[T]
+    assert_allclose(coef, d.coef, rtol=0, atol=0)
+    direct = f0 + (rows @ (rows.T @ coef.ravel())).reshape(n, c) + d.alpha * jw0
+    assert_allclose(F, direct, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("settings", [dict(lr=0.5, n_steps=25),
+                                      dict(lr=0.2, n_steps=30, batch_size=8, momentum=0.9),
+                                      dict(lr=0.3, n_steps=20, weight_decay=0.05)])
+def test_factored_trust_report_equals_the_dense_one(settings):
+    """ntk="factored" keeps the rows J̃ instead of Θ̃ = J̃J̃ᵀ: the same kernel, so the
+    same displacement, probe and stability ratio to round-off."""
+    X, y = _data()
+    reports = {}
+    for ntk in ("dense", "factored"):
+        ttp = TrainingTimePredictor(_tanh_net(), projection="countsketch", projection_dim=128,
+                                    ntk=ntk, random_state=0, **settings)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the level's warning is not what is tested
+            ttp.fit(X, y)
+        assert ttp.ntk_mode_ == ntk
+        reports[ntk] = ttp.trust_
+    dense, factored = reports["dense"], reports["factored"]
+    assert dense.level == factored.level
+    for key in ("trace_ratio", "lambda_ratio", "stability_ratio", "relative_displacement"):
+        assert_allclose(getattr(factored, key), getattr(dense, key), rtol=1e-9, err_msg=key)
+    assert dense.trace_ratio != 1.0  # a non-linear net: the probe measured something
+    for name, value in dense.group_displacement.items():
+        assert_allclose(factored.group_displacement[name], value, rtol=1e-9)
+
