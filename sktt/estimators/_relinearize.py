@@ -85,6 +85,11 @@ AUTO_STAGES = 4
 #: Measured in benchmarks/bench_trust.py (``--sgd``; docs/trust.rst).
 SGD_RESTART = "own"
 
+#: Trust-region acceptance of a stage: the network's real loss decrease at the
+#: predicted end weights must be at least this share of the linearised one
+#: (the textbook threshold of trust-region methods, Nocedal & Wright, ch. 4).
+ACCEPT_RATIO = 0.25
+
 
 def stage_boundaries(n_steps, k):
     """The k geometric cut points in (0, n_steps]: strictly increasing.
@@ -238,18 +243,41 @@ class _StagedRun:
     def _batches(self, i, start, stop):
         return None if self.batches is None else [b[i:i + 1] for b in self.batches[start:stop]]
 
-    def run_stage(self, start, stop, last):
-        """Simulate steps [start, stop) of every path on the stage's kernel."""
+    def run_stage(self, start, stop):
+        """Simulate steps [start, stop] of every path on the stage's kernel.
+
+        Returns the per-path simulations (not yet part of the curves: :meth:`keep`).
+        """
         rec = _stage_recipe(self.recipe, start, stop)
+        return [simulate(self.kernel, p["problem"], rec, batches=self._batches(i, start, stop),
+                         momentum_buffer=p["A"]) for i, p in enumerate(self.paths)]
+
+    def keep(self, sims, start, last):
+        """Append an accepted stage to the curves (its end point only if it is the last)."""
         keep = slice(None) if last else slice(0, -1)
-        for i, p in enumerate(self.paths):
-            sim = simulate(self.kernel, p["problem"], rec, batches=self._batches(i, start, stop),
-                           momentum_buffer=p["A"])
+        for i, sim in enumerate(sims):
             self.pieces["loss"][i].append(sim["loss"][0, keep])
             if self.has_error:
                 self.pieces["error"][i].append(sim["error"][0, keep])
             if sim["diverged_at"][0] >= 0 and self.diverged[i] < 0:
                 self.diverged[i] = start + sim["diverged_at"][0]
+
+    def accepted(self, sims, weights):
+        """The trust-region test of a stage: the real loss at its predicted end point.
+
+        With :math:`L_s` the (real) loss at the stage's start, :math:`L_{lin}`
+        the linearised loss at its end and :math:`L_{real}` the network's loss at
+        the predicted end weights (means over paths), the stage is accepted
+        when the real decrease is at least ``ACCEPT_RATIO`` of the predicted
+        one, :math:`L_s - L_{real} \ge \rho\,(L_s - L_{lin})`, or, where
+        the linearised loss rose, when :math:`L_{real} \le L_{lin}`.
+        """
+        l_start = np.mean([sim["loss"][0, 0] for sim in sims])
+        l_lin = np.mean([sim["loss"][0, -1] for sim in sims])
+        l_real = np.mean([loss_value(self.operator.at(w).outputs(), self.problem.targets,
+                                     self.problem.loss) for w in weights])
+        bound = max(l_lin, l_start - ACCEPT_RATIO * (l_start - l_lin))
+        return bool(np.isfinite(l_real) and l_real <= bound)
 
     def predicted_weights(self, start, stop, buffers=False):
         """Each path's predicted weights (and buffers) at ``stop``; None if they overflow."""
@@ -342,6 +370,7 @@ def staged_curves(est, setting):
     plain = est._simulate(recipe)
     info = {"stages": k, "rule": "geometric" if tol is None else "adaptive", "tolerance": tol,
             "cut_points": [], "kernel_trace_ratios": [], "kernel_changes": [], "probes": 0,
+            "shortened": 0,
             "auto_kernel_level": auto_level, "curve_change": 0.0, "seconds": 0.0}
     if k == 0:
         plain["relinearize"] = info
@@ -368,13 +397,21 @@ def staged_curves(est, setting):
             else:
                 stop, probes = adaptive_cut(lambda t: change_at(start, t), start, T, tol)
                 info["probes"] += len(probes)
-            cut_at_end = stop == T and planned is not None and n_cuts < k
-            last = stop == T and not cut_at_end
-            run.run_stage(start, stop, last)
+            while True:  # shorten a stage whose predicted end the network does not confirm
+                cut_at_end = stop == T and planned is not None and n_cuts < k
+                last = stop == T and not cut_at_end
+                sims = run.run_stage(start, stop)
+                if last:
+                    break
+                moved = None if any(sim["diverged_at"][0] >= 0 for sim in sims) else \
+                    run.predicted_weights(start, stop, buffers=True)
+                if stop == start + 1 or (moved is not None and run.accepted(sims, moved[0])):
+                    break
+                stop = start + (stop - start) // 2
+                info["shortened"] += 1
+            run.keep(sims, start, last)
             if last:
                 break
-            moved = None if np.any(run.diverged >= 0) else run.predicted_weights(
-                start, stop, buffers=True)
             if moved is None:
                 run.fill_diverged(stop)
                 break
