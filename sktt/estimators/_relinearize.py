@@ -45,6 +45,12 @@ rest of the learning-rate schedule. No optimiser step is taken on the data.
   backward pass over the data plus the Jacobians of the probe subset, and the
   kernel moves by a larger share early than its Frobenius change suggests),
   so geometric stays the default.
+* Every stage passes a trust-region test before its end becomes a cut
+  (:meth:`_StagedRun.accepted`, ``ACCEPT_RATIO``): the network's real loss at
+  the predicted end weights must confirm at least a quarter of the linearised
+  decrease; otherwise the stage is halved. Without it, a long stage could end
+  where the real loss is far above the linear one, and the next stage started
+  from there (the spikes of docs/trust.rst).
 * SGD: the kernel of each stage is computed at the *mean* of the paths'
   predicted weights (one kernel per stage, not one per path); every path keeps
   its own weights, buffer and batch order, and restarts from its own real
