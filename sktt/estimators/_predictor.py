@@ -218,6 +218,13 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         kernel-change probe is not "ok". Costs about one ``fit`` per point and
         setting, at predict time; exclusive with ``refresh_*``. Read at
         predict time, overridable per call. See docs/trust.rst.
+    relinearize_tol : float or None, default=None
+        How ``relinearize`` places its cut points. None: geometric in the
+        step. A float: adaptive, at most ``relinearize`` cuts, each where the
+        predicted relative change of the kernel since the last cut (the trust
+        diagnostic's subset-kernel probe at the predicted weights,
+        ‖ΔΘ_S‖_F/‖Θ_S‖_F) reaches this tolerance; no cut where the kernel does
+        not move. Read at predict time, overridable per call.
 
     Attributes
     ----------
@@ -317,7 +324,8 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
                  projection_dim=2048, ntk="auto", chunk_size=None, max_memory=None, n_jobs=None,
                  random_state=None, verbose=0, trust_check=True, refresh_steps=None,
                  refresh_seconds=None, jacobian_method="auto", n_paths=16, drop_last=False,
-                 sde_noise="diagonal", output=None, relinearize=None):
+                 sde_noise="diagonal", output=None, relinearize=None,
+                 relinearize_tol=None):
         self.model = model
         self.loss = loss
         self.optimizer = optimizer
@@ -350,6 +358,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         self.sde_noise = sde_noise
         self.output = output
         self.relinearize = relinearize
+        self.relinearize_tol = relinearize_tol
 
     # ------------------------------------------------------------------ validation
     def _check_fit_params(self):

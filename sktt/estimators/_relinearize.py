@@ -29,9 +29,28 @@ rest of the learning-rate schedule. No optimiser step is taken on the data.
   decay); for a model linear in its parameters every stage has the same
   kernel and the staged prediction equals the plain one (both to round-off;
   ``tests/test_relinearize.py``).
-* Cut points are geometric, :math:`t_j = \mathrm{round}(T^{j/(k+1)})` made
-  strictly increasing (:func:`stage_boundaries`): the kernel moves most early
-  (docs/trust.rst), and geometric points place most re-linearisations there.
+* Cut points (:func:`stage_boundaries`, the default) are geometric,
+  :math:`t_j = \mathrm{round}(T^{j/(k+1)})` made strictly increasing: most
+  re-linearisations early. With ``relinearize_tol`` they are adaptive
+  (:func:`adaptive_cut`): from each stage's start, the trust diagnostic's
+  subset-kernel probe (:func:`sktt.estimators._trust._subset_kernel`, same
+  projection and seed as ``fit``) is evaluated at the weights the stage
+  predicts for step t, first at t = T and then halving the distance, and the
+  next cut is placed where the relative change
+  :math:`\lVert\Theta_S(w_t) - \Theta_S(w_s)\rVert_F / \lVert\Theta_S(w_s)\rVert_F`
+  reaches the tolerance (linear interpolation between the probes), at most k
+  cuts; a model whose kernel does not move costs one probe and no cut.
+  Measured (docs/trust.rst): at the same budget the adaptive rule was no more
+  accurate than the geometric one and cost 2-5x more (each probe is a
+  backward pass over the data plus the Jacobians of the probe subset, and the
+  kernel moves by a larger share early than its Frobenius change suggests),
+  so geometric stays the default.
+* Every stage passes a trust-region test before its end becomes a cut
+  (:meth:`_StagedRun.accepted`, ``ACCEPT_RATIO``): the network's real loss at
+  the predicted end weights must confirm at least a quarter of the linearised
+  decrease; otherwise the stage is halved. Without it, a long stage could end
+  where the real loss is far above the linear one, and the next stage started
+  from there (the spikes of docs/trust.rst).
 * SGD: the kernel of each stage is computed at the *mean* of the paths'
   predicted weights (one kernel per stage, not one per path); every path keeps
   its own weights, buffer and batch order, and restarts from its own real
@@ -60,15 +79,26 @@ from ..gradients._probes import JacobianOperator
 from ..utils._torch import model_untouched
 from ._linearization import linearize_at, model_at, set_weights
 
-__all__ = ["AUTO_STAGES", "stage_boundaries", "staged_curves"]
+__all__ = ["AUTO_STAGES", "SGD_RESTART", "stage_boundaries", "staged_curves"]
 
-#: Cut points of ``relinearize="auto"`` when the kernel moves (measured in
+#: Most cut points of ``relinearize="auto"`` when the kernel moves (measured in
 #: benchmarks/bench_trust.py; docs/trust.rst).
 AUTO_STAGES = 4
 
+#: How SGD paths continue after a cut: ``"own"`` (each path from its own
+#: predicted weights and buffer, linearised with the kernel at the paths' mean)
+#: or ``"mean"`` (every path restarts from the mean path's weights and buffer).
+#: Measured in benchmarks/bench_trust.py (``--sgd``; docs/trust.rst).
+SGD_RESTART = "own"
+
+#: Trust-region acceptance of a stage: the network's real loss decrease at the
+#: predicted end weights must be at least this share of the linearised one
+#: (the textbook threshold of trust-region methods, Nocedal & Wright, ch. 4).
+ACCEPT_RATIO = 0.25
+
 
 def stage_boundaries(n_steps, k):
-    """The k cut points in (0, n_steps): geometric, strictly increasing.
+    """The k geometric cut points in (0, n_steps]: strictly increasing.
 
     Parameters
     ----------
@@ -92,6 +122,47 @@ def stage_boundaries(n_steps, k):
     return cuts
 
 
+def adaptive_cut(change_at, start, n_steps, tol):
+    """The next cut after ``start``: where the predicted kernel change reaches ``tol``.
+
+    Probes the horizon ``n_steps`` first (one probe when the kernel does not
+    move), then halves the distance from ``start`` while the change exceeds
+    ``tol``, and interpolates linearly in the step between the last probe
+    within ``tol`` (or ``start``, change 0) and the first beyond it.
+
+    Parameters
+    ----------
+    change_at : callable
+        ``change_at(t)``: the predicted relative kernel change between the
+        stage's start and step t (inf where the prediction overflows).
+    start, n_steps : int
+    tol : float
+
+    Returns
+    -------
+    stop : int
+        In (start, n_steps); ``n_steps`` when no cut is needed.
+    probes : list of (int, float)
+        The steps probed and their changes.
+    """
+    probes = []
+    hi = None
+    t = n_steps
+    while t > start:
+        change = change_at(t)
+        probes.append((t, change))
+        if change <= tol:
+            break
+        hi = (t, change)
+        t = start + (t - start) // 2
+    if hi is None:
+        return n_steps, probes
+    lo = probes[-1] if probes[-1][1] <= tol else (start, 0.0)
+    frac = (tol - lo[1]) / (hi[1] - lo[1]) if np.isfinite(hi[1]) else 0.0
+    stop = max(start + 1, lo[0] + int(round(frac * (hi[0] - lo[0]))))
+    return min(stop, n_steps), probes
+
+
 def _resolve_stages(est, setting):
     """The number of cut points of a setting (``"auto"``: from the trust diagnostic)."""
     if setting.relinearize != "auto":
@@ -113,14 +184,183 @@ def _to64(tensors):
     return {n: t.detach().to(torch.float64) for n, t in tensors.items()}
 
 
+def _moved(w, buf, d, jc, names):
+    """:math:`w_s + J^\\top c + \\alpha w_s + \\gamma\\,\\mathrm{buf}_s` per tensor."""
+    return {n: w[n] + jc[n] + d.alpha * w[n] + (d.gamma * buf[n] if buf is not None else 0.0)
+            for n in names}
+
+
+def _mean(dicts, names):
+    return {n: sum(d[n] for d in dicts) / len(dicts) for n in names}
+
+
+class _KernelProbe:
+    """Relative change of the trust diagnostic's subset-kernel block since the last stage.
+
+    :math:`\\lVert\\Theta_S(w) - \\Theta_S(w_s)\\rVert_F / \\lVert\\Theta_S(w_s)\\rVert_F`
+    on the diagnostic's seeded subset S of samples
+    (:func:`sktt.estimators._trust._subset_kernel`: same projection and seed as
+    ``fit``); 0 to round-off for a model linear in its parameters.
+    """
+
+    def __init__(self, est):
+        from ._trust import _probe_samples, _subset_kernel
+
+        self._subset_kernel = _subset_kernel
+        self.est = est
+        self.sub = _probe_samples(est)
+        self.reference = est._kernel.block(self.sub)  # replaced at every cut
+
+    def change(self, weights):
+        block = self._subset_kernel(self.est, weights, self.sub)
+        if not np.all(np.isfinite(block)):
+            return np.inf
+        return float(np.linalg.norm(block - self.reference) / np.linalg.norm(self.reference))
+
+
+class _StagedRun:
+    """The paths' predicted states along a staged prediction, and the curve pieces.
+
+    Per path: weights ``w``, parameter-space buffer ``buf``, function-space
+    buffer ``A`` and the linearised problem of the current stage (its outputs
+    and, with weight decay, the anchor :math:`J w`).
+    """
+
+    def __init__(self, est, recipe):
+        self.est, self.recipe = est, recipe
+        self.T = recipe.n_steps
+        sgd = not recipe.full_batch
+        n_paths = recipe.n_paths if sgd else 1
+        self.batches = est._batch_sequence(recipe, n_paths) if sgd else None
+        self.problem = est._problem(recipe)
+        self.names = est._trust_state["names"]
+        self.momentum, self.wd = recipe.momentum > 0, recipe.weight_decay > 0
+        w0 = _to64(est._trust_state["weights"])
+        self.paths = [{"w": w0, "buf": None, "A": None, "problem": self.problem}
+                      for _ in range(n_paths)]
+        self.has_error = self.problem.labels is not None
+        self.pieces = {key: [[] for _ in range(n_paths)] for key in ("loss", "error")}
+        self.diverged = np.full(n_paths, -1)
+        self.model = model_at(est)
+        self.kernel = est._kernel
+        self.operator = JacobianOperator(self.model, self.names, est._trust_state["inputs"],
+                                         chunk_size=est.chunk_size or 256)
+
+    def _batches(self, i, start, stop):
+        return None if self.batches is None else [b[i:i + 1] for b in self.batches[start:stop]]
+
+    def run_stage(self, start, stop):
+        """Simulate steps [start, stop] of every path on the stage's kernel.
+
+        Returns the per-path simulations (not yet part of the curves: :meth:`keep`).
+        """
+        rec = _stage_recipe(self.recipe, start, stop)
+        return [simulate(self.kernel, p["problem"], rec, batches=self._batches(i, start, stop),
+                         momentum_buffer=p["A"]) for i, p in enumerate(self.paths)]
+
+    def keep(self, sims, start, last):
+        """Append an accepted stage to the curves (its end point only if it is the last)."""
+        keep = slice(None) if last else slice(0, -1)
+        for i, sim in enumerate(sims):
+            self.pieces["loss"][i].append(sim["loss"][0, keep])
+            if self.has_error:
+                self.pieces["error"][i].append(sim["error"][0, keep])
+            if sim["diverged_at"][0] >= 0 and self.diverged[i] < 0:
+                self.diverged[i] = start + sim["diverged_at"][0]
+
+    def accepted(self, sims, weights):
+        """The trust-region test of a stage: the real loss at its predicted end point.
+
+        With :math:`L_s` the (real) loss at the stage's start, :math:`L_{lin}`
+        the linearised loss at its end and :math:`L_{real}` the network's loss at
+        the predicted end weights (means over paths), the stage is accepted
+        when the real decrease is at least ``ACCEPT_RATIO`` of the predicted
+        one, :math:`L_s - L_{real} \ge \rho\,(L_s - L_{lin})`, or, where
+        the linearised loss rose, when :math:`L_{real} \le L_{lin}`.
+        """
+        l_start = np.mean([sim["loss"][0, 0] for sim in sims])
+        l_lin = np.mean([sim["loss"][0, -1] for sim in sims])
+        l_real = np.mean([loss_value(self.operator.at(w).outputs(), self.problem.targets,
+                                     self.problem.loss) for w in weights])
+        bound = max(l_lin, l_start - ACCEPT_RATIO * (l_start - l_lin))
+        return bool(np.isfinite(l_real) and l_real <= bound)
+
+    def predicted_weights(self, start, stop, buffers=False):
+        """Each path's predicted weights (and buffers) at ``stop``; None if they overflow."""
+        rec = _stage_recipe(self.recipe, start, stop)
+        ds = [stage_displacement(self.kernel, p["problem"], rec,
+                                 batches=self._batches(i, start, stop), momentum_buffer=p["A"])
+              for i, p in enumerate(self.paths)]
+        cotangents = [d.coef for d in ds]
+        if buffers and self.momentum:
+            cotangents += [d.buffer_coef for d in ds]
+        if not all(np.all(np.isfinite(c)) for c in cotangents):
+            return None
+        products = list(self.operator.vjp(np.stack(cotangents)))
+        n = len(ds)
+        weights = [_moved(p["w"], p["buf"], d, products[i], self.names)
+                   for i, (p, d) in enumerate(zip(self.paths, ds))]
+        if not (buffers and self.momentum):
+            return weights, None
+        bufs = [{m: products[n + i][m] + d.buffer_alpha * p["w"][m]
+                 + (d.buffer_gamma * p["buf"][m] if p["buf"] is not None else 0.0)
+                 for m in self.names} for i, (p, d) in enumerate(zip(self.paths, ds))]
+        return weights, bufs
+
+    def relinearize(self, weights, buffers):
+        """Re-linearise at the paths' mean weights and restart every path there (SGD_RESTART)."""
+        mean_w = _mean(weights, self.names)
+        set_weights(self.model, mean_w)
+        lin = linearize_at(self.est, self.model)
+        self.kernel, self.operator = lin.kernel, lin.operator
+        if SGD_RESTART == "mean" or len(self.paths) == 1:
+            weights = [mean_w] * len(self.paths)
+            buffers = None if buffers is None else [_mean(buffers, self.names)] * len(self.paths)
+        shared = {}
+        for i, p in enumerate(self.paths):
+            w, buf = weights[i], None if buffers is None else buffers[i]
+            if id(w) not in shared:  # one forward pass and JVPs per distinct restart point
+                F = lin.outputs if w is mean_w else lin.operator.at(w).outputs()
+                A = None if buf is None else lin.apply(buf)
+                jw = lin.apply(w).reshape(F.shape) if self.wd else None
+                shared[id(w)] = (A, self.problem.with_outputs(F, jw0=jw))
+            p.update(w=w, buf=buf)
+            p["A"], p["problem"] = shared[id(w)]
+        return lin
+
+    def real_end(self):
+        """The real outputs at each path's predicted w_T (a cut at the last step)."""
+        for i, p in enumerate(self.paths):
+            F = self.operator.at(p["w"]).outputs()
+            self.pieces["loss"][i].append(np.atleast_1d(loss_value(F, self.problem.targets,
+                                                                   self.problem.loss)))
+            if self.has_error:
+                self.pieces["error"][i].append(np.atleast_1d(train_error(F, self.problem.labels)))
+
+    def fill_diverged(self, stop):
+        """After a diverged stage ending at ``stop`` the rest of every curve is inf (error 100 %)."""
+        rest = self.T - stop + 1
+        for i in range(len(self.paths)):
+            self.pieces["loss"][i].append(np.full(rest, np.inf))
+            if self.has_error:
+                self.pieces["error"][i].append(np.full(rest, 100.0))
+
+    def curves(self):
+        stack = lambda key: np.stack([np.concatenate(c) for c in self.pieces[key]])  # noqa: E731
+        return {"loss": stack("loss"), "error": stack("error") if self.has_error else None,
+                "eval_loss": None, "eval_error": None, "diverged_at": self.diverged}
+
+
 def staged_curves(est, setting):
     """Curves of a fitted predictor with open-loop stages, in ``_curves``' format.
 
     Returns the dict of :func:`sktt.dynamics.simulate` (``"loss"``,
     ``"error"`` of shape (P, n_steps + 1), ``"diverged_at"``) plus
-    ``"relinearize"``: the cut points, the kernel trace ratio at each, the
-    largest change of the mean loss curve relative to the plain prediction
-    (in units of L_0), and seconds.
+    ``"relinearize"``: the rule, the cut points, the kernel trace ratio and the
+    relative kernel change (probe block, since the previous stage) at each,
+    the number of kernel-change probes (adaptive rule), the largest change of
+    the mean loss curve relative to the plain prediction (in units of L_0),
+    and seconds.
     """
     recipe = setting.recipe
     if recipe.resolved_solver != "discrete":
@@ -132,114 +372,72 @@ def staged_curves(est, setting):
                          "torch model instead.")
     t0 = time.perf_counter()
     k, auto_level = _resolve_stages(est, setting)
+    tol = setting.relinearize_tol
     plain = est._simulate(recipe)
-    info = {"stages": k, "cut_points": [], "kernel_trace_ratios": [], "auto_kernel_level":
-            auto_level, "curve_change": 0.0, "seconds": 0.0}
+    info = {"stages": k, "rule": "geometric" if tol is None else "adaptive", "tolerance": tol,
+            "cut_points": [], "kernel_trace_ratios": [], "kernel_changes": [], "probes": 0,
+            "shortened": 0,
+            "auto_kernel_level": auto_level, "curve_change": 0.0, "seconds": 0.0}
     if k == 0:
         plain["relinearize"] = info
         info["seconds"] = time.perf_counter() - t0
         return plain
     T = recipe.n_steps
-    cuts = stage_boundaries(T, k)
-    bounds = [0] + cuts + [T]
-    sgd = not recipe.full_batch
-    n_paths = recipe.n_paths if sgd else 1
-    batches = est._batch_sequence(recipe, n_paths) if sgd else None
-    problem = est._problem(recipe)
-    names = est._trust_state["names"]
-    momentum, wd = recipe.momentum > 0, recipe.weight_decay > 0
-    tr0 = float(np.trace(est.ntk_))
-    # per path: weights, parameter-space buffer, outputs, function-space buffer, anchor
-    w_start = _to64(est._trust_state["weights"])
-    paths = [{"w": w_start, "buf": None, "F": est.f0_, "A": None, "jw": problem.jw0}
-             for _ in range(n_paths)]
-    pieces = {key: [[] for _ in range(n_paths)] for key in ("loss", "error")}
-    has_error = problem.labels is not None
-    diverged = np.full(n_paths, -1)
+    planned = stage_boundaries(T, k) if tol is None else None
+    tr0 = est._kernel.trace()
     with model_untouched(est.model):
-        model = model_at(est)
-        kernel, operator = est._kernel, None
-        for s in range(len(bounds) - 1):
-            start, stop = bounds[s], bounds[s + 1]
-            last = s == len(bounds) - 2
-            if s > 0 and start == T:  # a cut at the end: the real outputs at w_T only
-                for i, p in enumerate(paths):
-                    F = operator.at(p["w"]).outputs()
-                    pieces["loss"][i].append(np.atleast_1d(loss_value(F, problem.targets,
-                                                                      problem.loss)))
-                    if has_error:
-                        pieces["error"][i].append(np.atleast_1d(train_error(F, problem.labels)))
-                info["cut_points"].append(T)
-                break
-            if s > 0:  # re-linearise at the mean of the paths' predicted weights
-                mean_w = {n: sum(p["w"][n] for p in paths) / n_paths for n in names}
-                set_weights(model, mean_w)
-                lin = linearize_at(est, model)
-                kernel, operator = lin.kernel, lin.operator
-                info["cut_points"].append(start)
-                info["kernel_trace_ratios"].append(lin.trace / tr0)
-                for p in paths:
-                    at = operator if n_paths == 1 else operator.at(p["w"])
-                    p["F"] = lin.outputs if n_paths == 1 else at.outputs()
-                    p["A"] = None if p["buf"] is None else lin.apply(p["buf"])
-                    p["jw"] = lin.apply(p["w"]).reshape(p["F"].shape) if wd else None
-            elif not last:  # the first stage runs on the fitted kernel
-                operator = JacobianOperator(model, names, est._trust_state["inputs"],
-                                            chunk_size=est.chunk_size or 256)
-            rec = _stage_recipe(recipe, start, stop)
-            cotangents = []
-            for i, p in enumerate(paths):
-                stage_problem = problem.with_outputs(p["F"], jw0=p["jw"]) if s else problem
-                path_batches = (None if batches is None
-                                else [b[i:i + 1] for b in batches[start:stop]])
-                sim = simulate(kernel, stage_problem, rec, batches=path_batches,
-                               momentum_buffer=p["A"])
-                keep = slice(None) if last else slice(0, -1)
-                pieces["loss"][i].append(sim["loss"][0, keep])
-                if has_error:
-                    pieces["error"][i].append(sim["error"][0, keep])
-                if sim["diverged_at"][0] >= 0 and diverged[i] < 0:
-                    diverged[i] = start + sim["diverged_at"][0]
+        run = _StagedRun(est, recipe)
+        probe = _KernelProbe(est)
+
+        def change_at(start, t):
+            moved = run.predicted_weights(start, t)
+            return np.inf if moved is None else probe.change(_mean(moved[0], run.names))
+
+        start = 0
+        while True:
+            n_cuts = len(info["cut_points"])
+            if n_cuts == k:
+                stop = T
+            elif planned is not None:
+                stop = planned[n_cuts]
+            else:
+                stop, probes = adaptive_cut(lambda t: change_at(start, t), start, T, tol)
+                info["probes"] += len(probes)
+            while True:  # shorten a stage whose predicted end the network does not confirm
+                cut_at_end = stop == T and planned is not None and n_cuts < k
+                last = stop == T and not cut_at_end
+                sims = run.run_stage(start, stop)
                 if last:
-                    continue
-                p["d"] = stage_displacement(kernel, stage_problem, rec, batches=path_batches,
-                                            momentum_buffer=p["A"])
-                cotangents.append(p["d"].coef)
-                if momentum:
-                    cotangents.append(p["d"].buffer_coef)
+                    break
+                moved = None if any(sim["diverged_at"][0] >= 0 for sim in sims) else \
+                    run.predicted_weights(start, stop, buffers=True)
+                if stop == start + 1 or (moved is not None and run.accepted(sims, moved[0])):
+                    break
+                stop = start + (stop - start) // 2
+                info["shortened"] += 1
+            run.keep(sims, start, last)
             if last:
                 break
-            if np.any(diverged >= 0) or not all(np.all(np.isfinite(c)) for c in cotangents):
-                _fill_diverged(pieces, bounds, s, has_error)
+            if moved is None:
+                run.fill_diverged(stop)
                 break
-            products = iter(operator.vjp(np.stack(cotangents)))
-            for p in paths:
-                d = p.pop("d")
-                jc = next(products)
-                jb = next(products) if momentum else None
-                w, buf = p["w"], p["buf"]
-                p["w"] = {n: w[n] + jc[n] + d.alpha * w[n]
-                          + (d.gamma * buf[n] if buf is not None else 0.0) for n in names}
-                if momentum:
-                    p["buf"] = {n: jb[n] + d.buffer_alpha * w[n]
-                                + (d.buffer_gamma * buf[n] if buf is not None else 0.0)
-                                for n in names}
-    out = {"loss": np.stack([np.concatenate(c) for c in pieces["loss"]]),
-           "error": (np.stack([np.concatenate(c) for c in pieces["error"]]) if has_error
-                     else None),
-           "eval_loss": None, "eval_error": None, "diverged_at": diverged}
+            info["cut_points"].append(stop)
+            if cut_at_end:  # a cut after the last step: the real outputs at w_T only
+                for p, w in zip(run.paths, moved[0]):
+                    p["w"] = w
+                run.real_end()
+                break
+            lin = run.relinearize(*moved)
+            block = lin.kernel.block(probe.sub)
+            info["kernel_trace_ratios"].append(lin.trace / tr0)
+            info["kernel_changes"].append(
+                float(np.linalg.norm(block - probe.reference) / np.linalg.norm(probe.reference)))
+            probe.reference = block
+            start = stop
+    out = run.curves()
     with np.errstate(invalid="ignore"):
         change = np.abs(out["loss"].mean(0) - plain["loss"].mean(0)) / plain["loss"][0, 0]
     info["curve_change"] = float(np.nanmax(change)) if np.any(np.isfinite(change)) else np.inf
     info["seconds"] = time.perf_counter() - t0
     out["relinearize"] = info
     return out
-
-
-def _fill_diverged(pieces, bounds, s, has_error):
-    """After a diverged stage s the rest of every curve is inf (error 100 %)."""
-    rest = bounds[-1] - bounds[s + 1] + 1
-    for i in range(len(pieces["loss"])):
-        pieces["loss"][i].append(np.full(rest, np.inf))
-        if has_error:
-            pieces["error"][i].append(np.full(rest, 100.0))

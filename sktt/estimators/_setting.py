@@ -6,6 +6,9 @@ curves are cached per setting and a grid over the recipe reuses the kernel.
 """
 
 import dataclasses
+import numbers
+
+import numpy as np
 
 from ..dynamics import RECIPE_PARAMETERS, TrainingRecipe
 from ..utils import check_int, check_positive_finite
@@ -15,7 +18,7 @@ __all__ = ["DYNAMICS_PARAMS", "Setting", "resolve_setting"]
 #: Parameters read at predict time (overridable per call): the recipe's, the LR
 #: scheduler, the closed-loop refresh and the open-loop re-linearisation stages.
 DYNAMICS_PARAMS = tuple(RECIPE_PARAMETERS) + (
-    "lr_scheduler", "refresh_steps", "refresh_seconds", "relinearize")
+    "lr_scheduler", "refresh_steps", "refresh_seconds", "relinearize", "relinearize_tol")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +37,9 @@ class Setting:
     relinearize : int or "auto"
         Re-linearisation points at the predicted weights (0 = off;
         :mod:`sktt.estimators._relinearize`).
+    relinearize_tol : float or None
+        Adaptive cut points: the predicted relative kernel change per stage
+        (None = geometric cut points).
     """
 
     recipe: TrainingRecipe
@@ -41,6 +47,7 @@ class Setting:
     refresh_seconds: float = None
     lr_scheduler: object = dataclasses.field(default=None, compare=False)
     relinearize: object = 0
+    relinearize_tol: float = None
 
     @property
     def refresh_active(self):
@@ -53,7 +60,8 @@ class Setting:
     @property
     def key(self):
         """Cache key of the curves (the recipe, the refresh and the stages)."""
-        return (self.recipe, self.refresh_steps, self.refresh_seconds, self.relinearize)
+        return (self.recipe, self.refresh_steps, self.refresh_seconds, self.relinearize,
+                self.relinearize_tol)
 
 
 def resolve_setting(est, overrides, n_samples=None):
@@ -68,6 +76,7 @@ def resolve_setting(est, overrides, n_samples=None):
     scheduler = values.pop("lr_scheduler")
     k, seconds = values.pop("refresh_steps"), values.pop("refresh_seconds")
     stages = check_relinearize(values.pop("relinearize"))
+    tol = check_relinearize_tol(values.pop("relinearize_tol"))
     n = n_samples if n_samples is not None else getattr(est, "n_samples_", None)
     recipe = TrainingRecipe.from_params(values, n_samples=n)
     rates = scheduled_learning_rates(recipe.lr, scheduler, recipe.n_steps)
@@ -91,7 +100,8 @@ def resolve_setting(est, overrides, n_samples=None):
                          f"refresh_steps / refresh_seconds at weights reached by real steps; "
                          "use one of them (relinearize=None, or refresh_steps=None and "
                          "refresh_seconds=None).")
-    return Setting(recipe, k or 0, seconds, scheduler if callable(scheduler) else None, stages)
+    return Setting(recipe, k or 0, seconds, scheduler if callable(scheduler) else None, stages,
+                   tol)
 
 
 def check_relinearize(value):
@@ -104,3 +114,15 @@ def check_relinearize(value):
                              "of re-linearisation points) or 'auto'.")
         return value
     return check_int("relinearize", value, low=0)
+
+
+def check_relinearize_tol(value):
+    """``relinearize_tol`` as None (geometric cut points) or a finite float > 0."""
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not np.isfinite(value) or value <= 0):
+        raise ValueError(f"relinearize_tol={value!r}; accepted: None (geometric cut points) or "
+                         "a finite number > 0 (the predicted relative kernel change that ends a "
+                         "stage).")
+    return float(value)
