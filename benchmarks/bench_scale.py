@@ -1,7 +1,12 @@
 """Scale: fit and a grid of settings at N = 1 000 .. 20 000 samples, C = 10 (issue 14).
 
 For each N, in its own child process (so the peak RSS is that N's), on a small
-convnet over random-but-fixed 3×32×32 inputs (seeded), this measures
+convnet over random-but-fixed 3×32×32 inputs (seeded), labelled by a
+teacher (``--labels teacher``, default: the argmax of the standardised logits of
+the same architecture with perturbed seeded weights, so there is something to
+learn, as in fine-tuning, and the ten classes are balanced)
+or uniformly at random (``--labels random``: the loss barely moves from
+log C and T_ε sits in the SGD noise), this measures
 
 * ``fit``: ``TrainingTimePredictor.fit`` with ``projection="countsketch"``,
   ``projection_dim=1024``, ``ntk="auto"`` (the mode it picked is printed), the
@@ -72,7 +77,16 @@ def _child(args):
     model = _model(torch, c)
     g = torch.Generator().manual_seed(0)
     X = torch.randn(n, 3, 32, 32, generator=g)
-    y = torch.randint(0, c, (n,), generator=g)
+    if args.labels == "teacher":  # a learnable task: another network's decisions
+        teacher = _model(torch, c)
+        gt = torch.Generator().manual_seed(1)
+        teacher.load_state_dict({k: v + 0.5 * torch.randn(v.shape, generator=gt)
+                                 for k, v in model.state_dict().items()})
+        with torch.no_grad():
+            z = torch.cat([teacher(X[i:i + 1000]) for i in range(0, n, 1000)])
+        y = ((z - z.mean(0)) / z.std(0)).argmax(1)  # standardised logits: balanced classes
+    else:
+        y = torch.randint(0, c, (n,), generator=g)
     out = {"n": n, "n_params": sum(p.numel() for p in model.parameters())}
 
     ttp = TrainingTimePredictor(model, lr=GRID[0][0], batch_size=args.batch, n_steps=args.steps,
@@ -137,13 +151,14 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-memory", default="3GB")
+    parser.add_argument("--labels", choices=("teacher", "random"), default="teacher")
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)  # child process
     args = parser.parse_args()
     if args.n is not None:
         return _child(args)
     print(f"convnet on 3x32x32, C={args.classes}, countsketch D0={args.dim}, SGD b={args.batch}, "
           f"T={args.steps}, {args.paths} paths, {len(GRID)} settings, {args.threads} thread(s), "
-          f"max_memory={args.max_memory}", flush=True)
+          f"max_memory={args.max_memory}, {args.labels} labels", flush=True)
     rows = []
     for n in args.sizes:
         cmd = [sys.executable, __file__, "--n", str(n)] + [
