@@ -77,7 +77,15 @@ class DatasetInputs(LazyInputs):
     def _collate(self, positions):
         items = [_pair(self.dataset[int(i)], f"{self.source} whose item {int(i)} is")
                  for i in positions]
-        return _pair(self.collate_fn(items), f"{self.source} whose collate_fn returned")
+        try:
+            batch = self.collate_fn(items)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"X is a {self.source} whose items {int(positions[0])}.."
+                            f"{int(positions[-1])} cannot be batched by its collate_fn: "
+                            f"{type(exc).__name__}: {exc}; accepted: (x, y) pairs, x a tensor / "
+                            "array, a tuple or a dict of them, of one structure for every "
+                            "item.") from exc
+        return _pair(batch, f"{self.source} whose collate_fn returned")
 
     def _fetch(self, positions):
         x, _ = self._collate(positions)
@@ -172,8 +180,8 @@ def stream_inputs(X, float_dtype):
         f"X is a {type(dataset).__name__}"
     if isinstance(dataset, IterableDataset):
         raise TypeError(f"{what}, an IterableDataset: it has no random access, which the trust "
-                        "diagnostic, refresh and the real training draw batches with. "
-                        f"Accepted: {ACCEPTED_DATASET}; or tensors (collate the stream first).")
+                        "diagnostic, refresh and the real training draw batches with; "
+                        f"accepted: {ACCEPTED_DATASET}; or tensors (collate the stream first).")
     try:
         n = len(dataset)
     except TypeError:
