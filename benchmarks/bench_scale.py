@@ -15,6 +15,12 @@ convnet over random-but-fixed 3×32×32 inputs (seeded), this measures
   process — what one setting costs without sktt (no evaluation passes);
 * ``peak RSS``: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of the child.
 
+``--dataset`` feeds ``fit`` a ``torch.utils.data.Dataset`` that generates sample i
+from seed i when asked (nothing held), instead of one (N, 3, 32, 32) tensor: the
+fit streams it a chunk at a time (:mod:`sktt.gradients._streaming`), and the
+real run collates its batches from it. The peak RSS then holds no copy of the
+inputs (a tensor would be N × 12 KiB: 0.23 GiB at N = 20 000).
+
 It prints one line per N and how fit and grid time grow with N. Targets (issue
 14) at N = 20 000: peak RSS ≤ 4 GiB, fit + 6-setting grid ≤ 10 min on the
 2-core development machine, every setting's dynamics cheaper than its real run.
@@ -23,6 +29,7 @@ Usage::
 
     python benchmarks/bench_scale.py                      # N = 1000, 5000, 20000
     python benchmarks/bench_scale.py --sizes 1000 --steps 200   # a quick look
+    python benchmarks/bench_scale.py --dataset --sizes 1000 5000 --steps 200  # streamed
 
 Threads: one torch/BLAS thread by default (``--threads``), as the other
 benchmarks on the shared development cores.
@@ -54,6 +61,21 @@ def _model(torch, n_classes):
         nn.Flatten(), nn.Linear(128, n_classes)).eval()
 
 
+def _generated(torch, n, n_classes):
+    """A Dataset generating sample i (3×32×32 image, label) from seed i when asked."""
+
+    class Generated(torch.utils.data.Dataset):
+        def __len__(self):
+            return n
+
+        def __getitem__(self, i):
+            g = torch.Generator().manual_seed(int(i))
+            return torch.randn(3, 32, 32, generator=g), int(torch.randint(n_classes, (),
+                                                                          generator=g))
+
+    return Generated()
+
+
 def _child(args):
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import numpy as np
@@ -66,9 +88,15 @@ def _child(args):
     torch.set_num_threads(args.threads)
     n, c = args.n, args.classes
     model = _model(torch, c)
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(n, 3, 32, 32, generator=g)
-    y = torch.randint(0, c, (n,), generator=g)
+    if args.dataset:  # streamed: fit(dataset), the real run collates its batches
+        X, y = _generated(torch, n, c), None
+        batch_of = lambda idx: torch.utils.data.default_collate(  # noqa: E731
+            [X[int(i)] for i in idx])
+    else:
+        g = torch.Generator().manual_seed(0)
+        X = torch.randn(n, 3, 32, 32, generator=g)
+        y = torch.randint(0, c, (n,), generator=g)
+        batch_of = lambda idx: (X[idx], y[idx])  # noqa: E731
     out = {"n": n, "n_params": sum(p.numel() for p in model.parameters())}
 
     ttp = TrainingTimePredictor(model, lr=GRID[0][0], batch_size=args.batch, n_steps=args.steps,
@@ -105,9 +133,9 @@ def _child(args):
     lossf = torch.nn.CrossEntropyLoss()
     t0 = time.perf_counter()
     for idx in batches:
-        idx = torch.as_tensor(np.asarray(idx))
+        xb, yb = batch_of(torch.as_tensor(np.asarray(idx)))
         opt.zero_grad()
-        lossf(net(X[idx]), y[idx]).backward()
+        lossf(net(xb), yb).backward()
         opt.step()
     out["real_s"] = time.perf_counter() - t0
     out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -124,18 +152,22 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-memory", default="3GB")
+    parser.add_argument("--dataset", action="store_true",
+                        help="fit a lazily generating Dataset instead of a tensor")
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)  # child process
     args = parser.parse_args()
     if args.n is not None:
         return _child(args)
     print(f"convnet on 3x32x32, C={args.classes}, countsketch D0={args.dim}, SGD b={args.batch}, "
           f"T={args.steps}, {args.paths} paths, {len(GRID)} settings, {args.threads} thread(s), "
-          f"max_memory={args.max_memory}", flush=True)
+          f"max_memory={args.max_memory}, inputs: "
+          f"{'a Dataset generating samples on demand' if args.dataset else 'one tensor'}",
+          flush=True)
     rows = []
     for n in args.sizes:
         cmd = [sys.executable, __file__, "--n", str(n)] + [
-            a for k, v in vars(args).items() if k not in ("n", "sizes")
-            for a in (f"--{k.replace('_', '-')}", str(v))]
+            a for k, v in vars(args).items() if k not in ("n", "sizes", "dataset")
+            for a in (f"--{k.replace('_', '-')}", str(v))] + (["--dataset"] * args.dataset)
         proc = subprocess.run(cmd, capture_output=True, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
         line = [s for s in proc.stdout.splitlines() if s.startswith("RESULT ")]
@@ -148,8 +180,9 @@ def main():
         print(f"N={n:6d} ({r['n_params']} params) mode={r['mode']:8s} fit {r['fit_s']:7.1f} s "
               f"(trust {r['trust_s']:.1f} s = {100 * r['trust_s'] / r['fit_s']:.0f} %), grid "
               f"{sum(grid_s):7.1f} s ({min(grid_s):.1f}-{max(grid_s):.1f} s/setting), "
-              f"fit+grid {r['fit_s'] + sum(grid_s):7.1f} s, real 1000-step run "
-              f"{r['real_s']:6.1f} s, peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
+              f"fit+grid {r['fit_s'] + sum(grid_s):7.1f} s, real {args.steps}-step run "
+              f"{r['real_s']:6.1f} s, peak RSS {r['peak_rss_gib']:.2f} GiB (after fit "
+              f"{r['rss_after_fit_gib']:.2f} GiB)", flush=True)
         print("        (lr, momentum): L_0 -> L_T, T_eps at eps = 10 % of the drop: " + ", ".join(
             f"({s['lr']:g}, {s['momentum']:g}): {s['L0']:.3f} -> {s['LT']:.3f}, {s['T_eps']}"
             for s in r["grid"]), flush=True)

@@ -19,7 +19,7 @@ from numpy.testing import assert_allclose
 
 from sktt import TrainingTimePredictor
 from sktt.gradients import as_inputs
-from sktt.validation import run_real_training
+from sktt.validation import compare_with_real, run_real_training
 
 RTOL = 1e-10
 
@@ -216,6 +216,15 @@ def test_real_training_from_a_dataset():
     got = run_real_training(model, data, None, lr=0.3, n_steps=6, batch_size=5)
     assert_allclose(got.loss, ref.loss, rtol=1e-12)
     assert data.alive == 0
+
+
+def test_compare_with_real_from_a_dataset(three_fits):
+    train = Generated(40)
+    X, y = train.tensors()
+    runs = [compare_with_real(three_fits["dataset"], data, target, eps=0.02, n_steps=4)
+            for data, target in ((train, None), (X, y))]
+    assert_allclose(runs[0].real_runs[0].loss, runs[1].real_runs[0].loss, rtol=1e-12)
+    assert_allclose(runs[0].real_runs[0].eval_loss, runs[1].real_runs[0].eval_loss, rtol=1e-12)
 
 
 def test_a_fitted_streamed_predictor_pickles():

@@ -359,6 +359,8 @@ def as_inputs(X, y, *, float_dtype):
 
         inputs, y = stream_inputs(X, float_dtype)
         n = inputs.n_samples
+    elif isinstance(X, LazyInputs):  # streamed already, checked when it was read
+        inputs, n = X, X.n_samples
     else:
         inputs = _structure(X, float_dtype)
         n = _check_inputs(inputs)
