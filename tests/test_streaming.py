@@ -126,6 +126,14 @@ def test_fit_never_holds_more_than_a_chunk():
     assert peaks[0] == peaks[1] <= 3 * 256, peaks
 
 
+def test_verbose_shows_the_passes_over_a_dataset(capsys):
+    TrainingTimePredictor(tiny_cnn(), n_steps=5, projection="countsketch", projection_dim=32,
+                          trust_check=False, verbose=1).fit(Generated(40))
+    err = capsys.readouterr().err
+    assert "Reading X: 100%" in err and "40/40" in err and "sample/s" in err
+    assert "Jacobian rows: 100%" in err
+
+
 def test_fit_does_not_change_the_dataset():
     X = torch.randn(30, 1, 6, 6, dtype=torch.float64)
     y = torch.arange(30) % 3

@@ -422,7 +422,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         seed = root_seed(self.random_state)
         _, dtype = model_device_dtype(self.model)
         with model_untouched(self.model) as model:
-            inputs, y = as_inputs(X, y, float_dtype=dtype)
+            inputs, y = as_inputs(X, y, float_dtype=dtype, verbose=self.verbose)
             # the logits selector travels with the inputs (workers, refresh, trust)
             inputs = inputs.bind_output(check_output(self.output))
             if y is None:

@@ -317,7 +317,7 @@ def _structure(X, float_dtype):
     return ModelInputs((_to_tensor("X", X, float_dtype),))
 
 
-def as_inputs(X, y, *, float_dtype):
+def as_inputs(X, y, *, float_dtype, verbose=0):
     """Inputs as :class:`ModelInputs` and targets as a tensor or ``None``.
 
     Parameters
@@ -334,6 +334,8 @@ def as_inputs(X, y, *, float_dtype):
         Targets.
     float_dtype : torch.dtype
         Floating inputs are cast to this (the model's parameter dtype).
+    verbose : int, default=0
+        > 0: a tqdm bar for the pass that reads a Dataset's targets.
 
     Returns
     -------
@@ -357,7 +359,7 @@ def as_inputs(X, y, *, float_dtype):
                              f"type {type(y).__name__}.")
         from ._streaming import stream_inputs  # the Dataset reader builds on this module
 
-        inputs, y = stream_inputs(X, float_dtype)
+        inputs, y = stream_inputs(X, float_dtype, verbose)
         n = inputs.n_samples
     elif isinstance(X, LazyInputs):  # streamed already, checked when it was read
         inputs, n = X, X.n_samples

@@ -91,15 +91,25 @@ class DatasetInputs(LazyInputs):
         x, _ = self._collate(positions)
         return _structure(x, self.float_dtype)
 
-    def read_targets(self):
+    def read_targets(self, verbose=0):
         """All targets, in one pass over the samples in chunks; every chunk of inputs is
         checked (structure, sample count, finite floats) and dropped.
+
+        Parameters
+        ----------
+        verbose : int, default=0
+            > 0: a tqdm bar in samples (rate and ETA).
 
         Returns
         -------
         Tensor of shape (N, ...)
         """
         ys, layout = [], None
+        bar = None
+        if verbose:
+            from tqdm.auto import tqdm  # only when a bar is asked for
+
+            bar = tqdm(total=self.n_samples, desc="Reading X", unit="sample")
         for start in range(0, self.n_samples, _READ_CHUNK):
             positions = np.arange(start, min(start + _READ_CHUNK, self.n_samples))
             where = f" (samples {start}..{positions[-1]})"
@@ -123,6 +133,10 @@ class DatasetInputs(LazyInputs):
                                  f"{list(layout[1])}); accepted: the same inputs in every item.")
             layout = here
             ys.append(y)
+            if bar is not None:
+                bar.update(len(positions))
+        if bar is not None:
+            bar.close()
         return torch.cat(ys)
 
 
@@ -148,7 +162,7 @@ def _loader_parts(loader):
     return dataset, default_collate if batches is None else loader.collate_fn
 
 
-def stream_inputs(X, float_dtype):
+def stream_inputs(X, float_dtype, verbose=0):
     """Streamed inputs and materialised targets of a Dataset or DataLoader.
 
     Parameters
@@ -158,6 +172,8 @@ def stream_inputs(X, float_dtype):
         tuple of them -- positional inputs -- or a dict -- keyword inputs); a
         DataLoader stands for its dataset and ``collate_fn``.
     float_dtype : torch.dtype
+    verbose : int, default=0
+        > 0: a tqdm bar for the targets pass.
 
     Returns
     -------
@@ -194,4 +210,4 @@ def stream_inputs(X, float_dtype):
         _check_inputs(inputs)
         return inputs, dataset.tensors[1]
     inputs = DatasetInputs(dataset, collate_fn, float_dtype, source)
-    return inputs, inputs.read_targets()
+    return inputs, inputs.read_targets(verbose)
