@@ -24,6 +24,12 @@ log C and T_ε sits in the SGD noise), this measures
   process — what one setting costs without sktt (no evaluation passes);
 * ``peak RSS``: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of the child.
 
+``--dataset`` feeds ``fit`` a ``torch.utils.data.Dataset`` that generates sample i
+from seed i when asked (nothing held), instead of one (N, 3, 32, 32) tensor: the
+fit streams it a chunk at a time (:mod:`sktt.gradients._streaming`), and the
+real run collates its batches from it. The peak RSS then holds no copy of the
+inputs (a tensor would be N × 12 KiB: 0.23 GiB at N = 20 000).
+
 It prints one line per N and how fit and grid time grow with N. Targets (issue
 14) at N = 20 000: peak RSS ≤ 4 GiB, fit + 6-setting grid ≤ 10 min on the
 2-core development machine, every setting's dynamics cheaper than its real run.
@@ -32,6 +38,7 @@ Usage::
 
     python benchmarks/bench_scale.py                      # N = 1000, 5000, 20000
     python benchmarks/bench_scale.py --sizes 1000 --steps 200   # a quick look
+    python benchmarks/bench_scale.py --dataset --sizes 1000 5000 --steps 200  # streamed
 
 Threads: one torch/BLAS thread by default (``--threads``), as the other
 benchmarks on the shared development cores.
@@ -63,6 +70,42 @@ def _model(torch, n_classes):
         nn.Flatten(), nn.Linear(128, n_classes)).eval()
 
 
+def _generated_image(torch, batch=None):
+    """Image i (3×32×32) from seed i: ``image(i)``, or the stacked images of ``batch=(s, e)``."""
+    def image(i):
+        return torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(int(i)))
+
+    if batch is not None:
+        return torch.stack([image(i) for i in range(*batch)])
+    return image
+
+
+def _labels(torch, model, images, n, n_classes, kind):
+    """Teacher labels (balanced, learnable) or uniform random ones, (n,) int64."""
+    if kind == "random":
+        return torch.randint(0, n_classes, (n,), generator=torch.Generator().manual_seed(0))
+    teacher = _model(torch, n_classes)
+    gt = torch.Generator().manual_seed(1)
+    teacher.load_state_dict({k: v + 0.5 * torch.randn(v.shape, generator=gt)
+                             for k, v in model.state_dict().items()})
+    with torch.no_grad():
+        z = torch.cat([teacher(images(s, min(s + 1000, n))) for s in range(0, n, 1000)])
+    return ((z - z.mean(0)) / z.std(0)).argmax(1)  # standardised logits: balanced classes
+
+
+def _generated(torch, image, y):
+    """A Dataset generating sample i (image i, label y[i]) when asked."""
+
+    class Generated(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(y)
+
+        def __getitem__(self, i):
+            return image(i), int(y[i])
+
+    return Generated()
+
+
 def _child(args):
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import numpy as np
@@ -75,18 +118,22 @@ def _child(args):
     torch.set_num_threads(args.threads)
     n, c = args.n, args.classes
     model = _model(torch, c)
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(n, 3, 32, 32, generator=g)
-    if args.labels == "teacher":  # a learnable task: another network's decisions
-        teacher = _model(torch, c)
-        gt = torch.Generator().manual_seed(1)
-        teacher.load_state_dict({k: v + 0.5 * torch.randn(v.shape, generator=gt)
-                                 for k, v in model.state_dict().items()})
-        with torch.no_grad():
-            z = torch.cat([teacher(X[i:i + 1000]) for i in range(0, n, 1000)])
-        y = ((z - z.mean(0)) / z.std(0)).argmax(1)  # standardised logits: balanced classes
+    image = _generated_image(torch)
+    if args.dataset:  # streamed: fit(dataset), the real run collates its batches
+        images = lambda s, e: torch.stack([image(i) for i in range(s, e)])  # noqa: E731
     else:
-        y = torch.randint(0, c, (n,), generator=g)
+        X = torch.cat([_generated_image(torch, batch=(s, min(s + 1000, n)))
+                       for s in range(0, n, 1000)])
+        images = lambda s, e: X[s:e]  # noqa: E731
+    y = _labels(torch, model, images, n, c, args.labels)
+    if args.dataset:
+        X = _generated(torch, image, y)
+        batch_of = lambda idx: torch.utils.data.default_collate(  # noqa: E731
+            [X[int(i)] for i in idx])
+        y_fit = None
+    else:
+        batch_of = lambda idx: (X[idx], y[idx])  # noqa: E731
+        y_fit = y
     out = {"n": n, "n_params": sum(p.numel() for p in model.parameters())}
 
     ttp = TrainingTimePredictor(model, lr=GRID[0][0], batch_size=args.batch, n_steps=args.steps,
@@ -94,7 +141,7 @@ def _child(args):
                                 projection_dim=args.dim, max_memory=args.max_memory,
                                 random_state=0)
     t0 = time.perf_counter()
-    ttp.fit(X, y)
+    ttp.fit(X, y_fit)
     out["fit_s"] = time.perf_counter() - t0
     out["trust_s"] = getattr(ttp, "trust_seconds_", float("nan"))
     out["mode"] = ttp.ntk_mode_
@@ -132,9 +179,9 @@ def _child(args):
     lossf = torch.nn.CrossEntropyLoss()
     t0 = time.perf_counter()
     for idx in batches:
-        idx = torch.as_tensor(np.asarray(idx))
+        xb, yb = batch_of(torch.as_tensor(np.asarray(idx)))
         opt.zero_grad()
-        lossf(net(X[idx]), y[idx]).backward()
+        lossf(net(xb), yb).backward()
         opt.step()
     out["real_s"] = time.perf_counter() - t0
     out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -152,18 +199,22 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-memory", default="3GB")
     parser.add_argument("--labels", choices=("teacher", "random"), default="teacher")
+    parser.add_argument("--dataset", action="store_true",
+                        help="fit a lazily generating Dataset instead of a tensor")
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)  # child process
     args = parser.parse_args()
     if args.n is not None:
         return _child(args)
     print(f"convnet on 3x32x32, C={args.classes}, countsketch D0={args.dim}, SGD b={args.batch}, "
           f"T={args.steps}, {args.paths} paths, {len(GRID)} settings, {args.threads} thread(s), "
-          f"max_memory={args.max_memory}, {args.labels} labels", flush=True)
+          f"max_memory={args.max_memory}, {args.labels} labels, inputs: "
+          f"{'a Dataset generating samples on demand' if args.dataset else 'one tensor'}",
+          flush=True)
     rows = []
     for n in args.sizes:
         cmd = [sys.executable, __file__, "--n", str(n)] + [
-            a for k, v in vars(args).items() if k not in ("n", "sizes")
-            for a in (f"--{k.replace('_', '-')}", str(v))]
+            a for k, v in vars(args).items() if k not in ("n", "sizes", "dataset")
+            for a in (f"--{k.replace('_', '-')}", str(v))] + (["--dataset"] * args.dataset)
         proc = subprocess.run(cmd, capture_output=True, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
         line = [s for s in proc.stdout.splitlines() if s.startswith("RESULT ")]
@@ -178,7 +229,8 @@ def main():
               f"{sum(grid_s):7.1f} s ({min(grid_s):.1f}-{max(grid_s):.1f} s/setting), "
               f"fit+grid {r['fit_s'] + sum(grid_s):7.1f} s, full curve of one setting "
               f"{r['full_curve_s']:.1f} s, real {args.steps}-step run "
-              f"{r['real_s']:6.1f} s, peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
+              f"{r['real_s']:6.1f} s, peak RSS {r['peak_rss_gib']:.2f} GiB (after fit "
+              f"{r['rss_after_fit_gib']:.2f} GiB)", flush=True)
         print("        (lr, momentum): L_0 -> L_T, T_eps at eps = 10 % of the drop: " + ", ".join(
             f"({s['lr']:g}, {s['momentum']:g}): {s['L0']:.3f} -> {s['LT']:.3f}, {s['T_eps']} "
             f"[{100 * s['computed']:.0f} % of steps computed]"

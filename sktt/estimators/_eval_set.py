@@ -33,13 +33,15 @@ paths.
 """
 
 import numpy as np
+import torch
 from sklearn.utils import Bunch
 from sklearn.utils.validation import check_is_fitted
 
 from ..dynamics import check_targets
 from ..exceptions import MemoryBudgetError, NotFittedError
 from ..gradients import as_inputs, ntk_from_model
-from ..gradients._inputs import ModelInputs, as_model_inputs, inputs_to, n_samples_of
+from ..gradients._inputs import (ConcatInputs, ModelInputs, as_model_inputs, inputs_to,
+                                n_samples_of)
 from ..utils import format_bytes
 
 __all__ = ["EvalSetMixin", "check_eval_set", "concat_inputs", "joint_ntk", "joint_rows"]
@@ -68,8 +70,10 @@ def check_eval_set(eval_set, train_inputs, *, loss, n_outputs, float_dtype):
         raise TypeError(f"eval_set must be a pair (X_val, y_val) of held-out inputs and targets; "
                         f"got {got}.")
     X_val, y_val = eval_set
-    if y_val is None:
-        raise ValueError("eval_set=(X_val, None): the held-out targets y_val are required.")
+    if y_val is None and not isinstance(X_val, (torch.utils.data.Dataset,
+                                                torch.utils.data.DataLoader)):
+        raise ValueError("eval_set=(X_val, None): the held-out targets y_val are required "
+                         "(None only when X_val is a Dataset or DataLoader of (x, y) pairs).")
     try:
         inputs, y = as_inputs(X_val, y_val, float_dtype=float_dtype)
     except (TypeError, ValueError) as exc:
@@ -94,10 +98,12 @@ def check_eval_set(eval_set, train_inputs, *, loss, n_outputs, float_dtype):
 
 
 def concat_inputs(a, b):
-    """Rows of ``a`` then rows of ``b`` (inputs of the same structure), on ``a``'s device."""
-    a = as_model_inputs(a)
-    device = a.tensors()[0][1].device
-    return ModelInputs.concat([a, inputs_to(as_model_inputs(b), device)])
+    """Rows of ``a`` then rows of ``b`` (inputs of the same structure), on ``a``'s device;
+    lazily (:class:`~sktt.gradients._inputs.ConcatInputs`) when either is streamed."""
+    a, b = as_model_inputs(a), inputs_to(as_model_inputs(b), as_model_inputs(a).device)
+    if isinstance(a, ModelInputs) and isinstance(b, ModelInputs):
+        return ModelInputs.concat([a, b])
+    return ConcatInputs([a, b])
 
 
 def joint_ntk(model, inputs, eval_inputs, names, *, n_outputs, max_memory, **extraction):

@@ -396,12 +396,15 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
 
         Parameters
         ----------
-        X : Tensor, ndarray, tuple of those, or torch.utils.data.Dataset
+        X : Tensor, ndarray, tuple / dict of those, Dataset or DataLoader
             Training inputs (first axis = samples) in whatever dtype the model
-            takes; a Dataset yields ``(x, y)`` pairs.
+            takes. A map-style ``torch.utils.data.Dataset`` yielding ``(x, y)``
+            pairs, or a ``DataLoader`` over one (its ``collate_fn`` is used, its
+            ``batch_size`` / ``shuffle`` are not), is streamed: read a chunk at
+            a time, never collated whole (:mod:`sktt.gradients._streaming`).
         y : array-like or None
             Class indices (cross-entropy) or targets of shape (N, C) (MSE);
-            None when X is a Dataset.
+            None when X is a Dataset or DataLoader (its items carry them).
         eval_set : (X_val, y_val) or None, default=None
             Held-out data for the validation curves (``predict_curve(...,
             on="eval")``, :meth:`predict_best_step`): X_val shaped like X,
@@ -427,7 +430,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         seed = root_seed(self.random_state)
         _, dtype = model_device_dtype(self.model)
         with model_untouched(self.model) as model:
-            inputs, y = as_inputs(X, y, float_dtype=dtype)
+            inputs, y = as_inputs(X, y, float_dtype=dtype, verbose=self.verbose)
             # the logits selector travels with the inputs (workers, refresh, trust)
             inputs = inputs.bind_output(check_output(self.output))
             if y is None:

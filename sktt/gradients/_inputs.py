@@ -10,6 +10,13 @@ the same code everywhere.
 Only parameters are ever differentiated, so inputs keep whatever dtype the model
 takes: float images are cast to the model's floating dtype, integer token ids
 and masks stay integers.
+
+A map-style ``Dataset`` or a ``DataLoader`` is never collated whole: it becomes a
+:class:`LazyInputs` (:mod:`._streaming`) that collates the samples a consumer
+asks for, when it asks. Every consumer (outputs at w0, Jacobian rows, the
+Jacobian operator, the real training loop) reads inputs through ``len`` and
+indexing by a slice or an index array, so the same code serves both, and a
+streamed data set never holds more than the chunks in flight.
 """
 
 from collections.abc import Mapping
@@ -17,13 +24,13 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-__all__ = ["ACCEPTED_X", "ModelInputs", "as_inputs", "as_model_inputs", "index_inputs",
-           "inputs_to", "n_samples_of"]
+__all__ = ["ACCEPTED_X", "ConcatInputs", "LazyInputs", "ModelInputs", "as_inputs",
+           "as_model_inputs", "index_inputs", "inputs_to", "n_samples_of"]
 
 ACCEPTED_X = ("a torch.Tensor or numpy array (samples on axis 0); a tuple/list of those "
               "(positional inputs of the model); a dict or transformers BatchEncoding of "
-              "str -> tensor (keyword inputs); a torch.utils.data.Dataset yielding (x, y) pairs; "
-              "or a torch.utils.data.DataLoader yielding (x, y) batches, x any of these")
+              "str -> tensor (keyword inputs); a map-style torch.utils.data.Dataset yielding (x, y) "
+              "pairs, x any of these per sample; or a torch.utils.data.DataLoader over one")
 
 
 class ModelInputs:
@@ -76,6 +83,11 @@ class ModelInputs:
     def shape(self):
         """``(n_samples,)``: only the samples axis is common to all inputs."""
         return torch.Size([self.n_samples])
+
+    @property
+    def device(self):
+        """The device of the (first) input tensor."""
+        return self.tensors()[0][1].device
 
     def __getitem__(self, index):
         """Samples ``index`` of every input: a slice or integer array / tensor (an integer
@@ -130,6 +142,130 @@ class ModelInputs:
         return f"ModelInputs({self.n_samples} samples, {self.describe()})"
 
 
+def _positions(index, n):
+    """Sample positions (int64 array) of a slice, an integer or an index array / tensor."""
+    if isinstance(index, slice):
+        return np.arange(*index.indices(n), dtype=np.int64)
+    if isinstance(index, (int, np.integer)):
+        index = [index]
+    if isinstance(index, torch.Tensor):
+        index = index.detach().cpu().numpy()
+    pos = np.asarray(index).reshape(-1)
+    if pos.dtype.kind not in "iu":
+        raise IndexError(f"samples are selected by a slice or integer indices; got dtype "
+                         f"{pos.dtype}.")
+    pos = np.where(pos < 0, pos + n, pos).astype(np.int64)
+    if pos.size and (pos.min() < 0 or pos.max() >= n):
+        raise IndexError(f"sample index out of range for {n} samples.")
+    return pos
+
+
+class LazyInputs:
+    """Model inputs that are collated on demand, the samples asked for when asked.
+
+    The common face of :class:`ModelInputs` for data that must not be held
+    whole (a streamed ``Dataset``, :class:`DatasetInputs
+    <sktt.gradients._streaming.DatasetInputs>`; the concatenation of training and
+    held-out inputs, :class:`ConcatInputs`): ``len``, ``shape[0]``, indexing by a
+    slice or an index array (which returns :class:`ModelInputs` of those samples),
+    ``.to(device)`` and :meth:`bind_output`. Subclasses implement ``_fetch``.
+
+    Parameters
+    ----------
+    n_samples : int
+    output : None, str, int or callable, optional
+        The bound logits selector (:meth:`ModelInputs.bind_output`).
+    device : torch.device or None, optional
+        Where fetched samples are moved (None: where they are collated).
+    """
+
+    def __init__(self, n_samples, output=None, device=None):
+        self._n = int(n_samples)
+        self.output = output
+        self._device = device
+
+    def _fetch(self, positions):
+        """:class:`ModelInputs` of the samples at ``positions`` (int64 array), in that order."""
+        raise NotImplementedError
+
+    @property
+    def n_samples(self):
+        return self._n
+
+    def __len__(self):
+        return self._n
+
+    @property
+    def shape(self):
+        """``(n_samples,)``, as :attr:`ModelInputs.shape`."""
+        return torch.Size([self._n])
+
+    @property
+    def device(self):
+        """Where fetched samples end up (the CPU unless moved with :meth:`to`)."""
+        return torch.device("cpu") if self._device is None else self._device
+
+    def __getitem__(self, index):
+        """Samples ``index`` (slice, integer, index array / tensor), collated now."""
+        chunk = self._fetch(_positions(index, self._n)).bind_output(self.output)
+        return chunk if self._device is None else chunk.to(self._device)
+
+    def _replace(self, **attrs):
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__, **attrs)
+        return other
+
+    def to(self, device):
+        """The same inputs, fetched samples moved to ``device``."""
+        return self._replace(_device=torch.device(device))
+
+    def bind_output(self, output):
+        """The same inputs with the logits selector ``output`` bound (None keeps the current)."""
+        return self if output is None else self._replace(output=output)
+
+    def tensors(self):
+        """``(name, tensor)`` of sample 0 (a batch of one): the per-sample shapes and dtypes."""
+        return self[:1].tensors()
+
+    def describe(self):
+        """The number of samples and sample 0's shapes and dtypes, for error messages."""
+        return f"{self._n} samples read on demand, sample 0: {self[:1].describe()}"
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.describe()})"
+
+
+class ConcatInputs(LazyInputs):
+    """Samples of several inputs (ModelInputs or LazyInputs of one structure, on one device),
+    in order.
+
+    Nothing is concatenated until samples are asked for: training inputs that are
+    streamed stay streamed when the held-out ones are appended.
+
+    Parameters
+    ----------
+    parts : list of ModelInputs or LazyInputs
+    """
+
+    def __init__(self, parts):
+        self.parts = list(parts)
+        self._offsets = np.cumsum([0] + [len(p) for p in self.parts])
+        super().__init__(self._offsets[-1], self.parts[0].output)
+
+    def _fetch(self, positions):
+        part_of = np.searchsorted(self._offsets, positions, side="right") - 1
+        picked, order = [], []
+        for k in np.unique(part_of):
+            mine = np.flatnonzero(part_of == k)
+            picked.append(self.parts[k][torch.as_tensor(positions[mine] - self._offsets[k])])
+            order.append(mine)
+        out = picked[0] if len(picked) == 1 else ModelInputs.concat(picked)
+        order = np.concatenate(order)
+        if np.array_equal(order, np.arange(len(order))):
+            return out
+        return out[torch.as_tensor(np.argsort(order))]
+
+
 def _to_tensor(name, value, float_dtype):
     if isinstance(value, torch.Tensor):
         t = value.detach()
@@ -181,56 +317,29 @@ def _structure(X, float_dtype):
     return ModelInputs((_to_tensor("X", X, float_dtype),))
 
 
-def _pair(item, where):
-    if not isinstance(item, (tuple, list)) or len(item) != 2:
-        extra = f" of length {len(item)}" if isinstance(item, (tuple, list)) else ""
-        raise ValueError(f"X is a {where} {type(item).__name__}{extra}; accepted: (x, y) pairs.")
-    return item
-
-
-def _collate_dataset(dataset):
-    try:
-        n = len(dataset)
-    except TypeError:
-        # an IterableDataset: read it once, in order
-        items = [_pair(item, f"Dataset whose item {i} is") for i, item in enumerate(dataset)]
-    else:
-        items = [_pair(dataset[i], f"Dataset whose item {i} is") for i in range(n)]
-    if not items:
-        raise ValueError("X is empty (0 samples); accepted: at least 1 sample.")
-    collate = torch.utils.data.default_collate
-    return collate([x for x, _ in items]), collate([y for _, y in items])
-
-
-def _collate_loader(loader, float_dtype):
-    xs, ys = [], []
-    for i, batch in enumerate(loader):
-        x, y = _pair(batch, f"DataLoader whose batch {i} is")
-        xs.append(_structure(x, float_dtype))
-        ys.append(_to_tensor("y", y, None))
-    if not xs:
-        raise ValueError("X is empty (0 samples); accepted: at least 1 sample.")
-    return ModelInputs.concat(xs), torch.cat([y.reshape(len(y), *y.shape[1:]) for y in ys])
-
-
-def as_inputs(X, y, *, float_dtype):
+def as_inputs(X, y, *, float_dtype, verbose=0):
     """Inputs as :class:`ModelInputs` and targets as a tensor or ``None``.
 
     Parameters
     ----------
     X : Tensor, ndarray, tuple/list of those, dict / BatchEncoding, Dataset or DataLoader
         Model inputs, first axis = samples. A tuple or list of tensors holds the
-        model's positional inputs, a mapping its keyword inputs. A Dataset yields
-        ``(x, y)`` pairs and a DataLoader ``(x, y)`` batches (x any of the in-memory
-        containers); then ``y`` must be None.
+        model's positional inputs, a mapping its keyword inputs. A map-style
+        Dataset yields ``(x, y)`` pairs (x one sample of any of the in-memory
+        containers); a DataLoader stands for its dataset and ``collate_fn``. Both
+        are streamed (:mod:`._streaming`): the targets are read in one pass, the
+        inputs collated chunk by chunk whenever a consumer asks; ``y`` must be
+        None.
     y : array-like or None
         Targets.
     float_dtype : torch.dtype
         Floating inputs are cast to this (the model's parameter dtype).
+    verbose : int, default=0
+        > 0: a tqdm bar for the pass that reads a Dataset's targets.
 
     Returns
     -------
-    inputs : ModelInputs
+    inputs : ModelInputs or LazyInputs
     y : Tensor or None
 
     Examples
@@ -243,18 +352,20 @@ def as_inputs(X, y, *, float_dtype):
     (4, ['attention_mask', 'input_ids'], torch.Size([2, 7]))
     """
     loader = isinstance(X, torch.utils.data.DataLoader)
-    if loader or (isinstance(X, torch.utils.data.Dataset) and not isinstance(X, torch.Tensor)):
+    if loader or isinstance(X, torch.utils.data.Dataset):
         if y is not None:
             raise ValueError(f"y must be None when X is a {'DataLoader' if loader else 'Dataset'}"
-                             f" (it yields (x, y) pairs); got y of type {type(y).__name__}.")
-        if loader:
-            inputs, y = _collate_loader(X, float_dtype)
-        else:
-            X, y = _collate_dataset(X)
-            inputs = _structure(X, float_dtype)
+                             " (its items are (x, y) pairs: y would be given twice); got y of "
+                             f"type {type(y).__name__}.")
+        from ._streaming import stream_inputs  # the Dataset reader builds on this module
+
+        inputs, y = stream_inputs(X, float_dtype, verbose)
+        n = inputs.n_samples
+    elif isinstance(X, LazyInputs):  # streamed already, checked when it was read
+        inputs, n = X, X.n_samples
     else:
         inputs = _structure(X, float_dtype)
-    n = _check_inputs(inputs)
+        n = _check_inputs(inputs)
     if y is not None:
         y = _to_tensor("y", y, torch.float64)
         if y.ndim == 0 or y.shape[0] != n:
@@ -270,7 +381,9 @@ def as_inputs(X, y, *, float_dtype):
     return inputs, y
 
 
-def _check_inputs(inputs):
+def _check_inputs(inputs, where=""):
+    """The number of samples of in-memory inputs, after the boundary checks (``where``: the
+    samples these are, for messages)."""
     named = inputs.tensors()
     for name, t in named:
         if t.ndim == 0:
@@ -283,13 +396,14 @@ def _check_inputs(inputs):
             raise ValueError(f"{name} has {t.shape[0]} samples but {named[0][0]} has {n}; all "
                              "inputs must have the same number of samples.")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise ValueError("X contains NaN or inf; accepted: finite inputs.")
+            raise ValueError(f"X contains NaN or inf{where}; accepted: finite inputs.")
     return n
 
 
 def as_model_inputs(x):
-    """``x`` as :class:`ModelInputs` without copies or checks (a tensor, tuple or dict batch)."""
-    if isinstance(x, ModelInputs):
+    """``x`` as :class:`ModelInputs` without copies or checks (a tensor, tuple or dict batch);
+    :class:`LazyInputs` as they are."""
+    if isinstance(x, (ModelInputs, LazyInputs)):
         return x
     if isinstance(x, Mapping):
         return ModelInputs((), dict(x))
@@ -299,14 +413,16 @@ def as_model_inputs(x):
 
 
 def n_samples_of(inputs):
-    """Number of samples in :class:`ModelInputs` (or a tensor / tuple of tensors)."""
+    """Number of samples in :class:`ModelInputs` / :class:`LazyInputs` (or a tensor / tuple
+    of tensors)."""
     return as_model_inputs(inputs).n_samples
 
 
 def index_inputs(inputs, index):
     """Samples ``index`` (a slice or index array) of :class:`ModelInputs` (or a tensor /
-    tuple of tensors; the result has the same type as ``inputs``)."""
-    if isinstance(inputs, ModelInputs):
+    tuple of tensors; the result has the same type as ``inputs``); of :class:`LazyInputs`,
+    those samples collated now, as :class:`ModelInputs`."""
+    if isinstance(inputs, (ModelInputs, LazyInputs)):
         return inputs[index]
     if isinstance(inputs, tuple):
         return tuple(t[index] for t in inputs)

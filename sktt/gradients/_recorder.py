@@ -110,7 +110,9 @@ def probe_forward(model, x, modules, count_bytes=False):
 
     def pack(t):
         saved[0] += t.numel() * t.element_size()
-        return t
+        # never t itself: a saved output that packs to its own tensor ties the graph and the
+        # tensor in a cycle the garbage collector cannot see, and the probe batch leaked
+        return t.detach()
 
     with _Recorder(modules) as rec:
         if count_bytes:
