@@ -166,7 +166,9 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         the Jacobian blocks) and of each prediction (kernel, paths, curves);
         None means 2 GiB. A request that cannot fit raises
         :class:`~sktt.exceptions.MemoryBudgetError` naming the bytes and the
-        options.
+        options. With ``ntk="factored"``, projected rows larger than half the
+        budget go to a ``numpy.memmap`` in :func:`tempfile.gettempdir` (set
+        ``TMPDIR`` to choose the directory; the file is unlinked at once).
     n_jobs : int or None, default=None
         Number of joblib workers over sample chunks. ``None`` means 1 unless in a
         :func:`joblib.parallel_config` context; ``-1`` means all processors.
