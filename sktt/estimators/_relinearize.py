@@ -56,16 +56,29 @@ rest of the learning-rate schedule. No optimiser step is taken on the data.
   its own weights, buffer and batch order, and restarts from its own real
   outputs :math:`f(w_{p,t_j})` (one forward pass per path), linearised with
   that kernel.
+* Held-out rows (``fit(..., eval_set=...)``; :mod:`sktt.estimators._eval_set`)
+  are re-linearised at every cut with the training rows, as the refresh does
+  (:mod:`sktt.estimators._refresh`): one joint extraction gives Θ and the
+  cross-kernel at the cut, the path restarts from its real held-out outputs
+  :math:`f(w_{t_j}; X_{val})`, and the buffer and anchor JVPs run over the
+  training and held-out inputs together (the stage's :math:`A` and
+  :math:`\Phi` cover both). The weights move with the training rows only:
+  the displacement coefficients live on the training rows (the stage kernel
+  without its held-out rows). The acceptance test reads the training loss;
+  after a cut at the last step both curves end at the real outputs at
+  :math:`w_T`. With a cut before every step the held-out curves are real
+  gradient descent's too.
 * ``relinearize="auto"`` reads the trust diagnostic of the setting
   (:mod:`sktt.estimators._trust`): stages (``AUTO_STAGES`` of them) only when
   the kernel-change probe is not "ok"; otherwise the plain prediction, at no
   extra cost when the diagnostic is already computed (the fitted setting).
 
-Cost: one kernel (about one ``fit``) per cut point, plus one backward pass
-(:math:`w`, buf) and one or two double-backward passes (A, Φ) per path and cut
-point; the dynamics are run twice per stage (curve, coefficients). The result
-reports, per cut point, the step, the kernel trace relative to :math:`\Theta_0`,
-and how far the staged curve moved from the plain one.
+Cost: one kernel (about one ``fit``; with an eval set the joint one) per cut
+point, plus one backward pass (:math:`w`, buf) and one or two double-backward
+passes (A, Φ) per path and cut point; the dynamics are run twice per stage
+(curve, coefficients). The result reports, per cut point, the step, the
+kernel trace relative to :math:`\Theta_0`, and how far the staged curve moved
+from the plain one.
 """
 
 import time
@@ -77,9 +90,13 @@ from ..dynamics import loss_value, simulate, train_error
 from ..dynamics._displacement import stage_displacement
 from ..gradients._probes import JacobianOperator
 from ..utils._torch import model_untouched
+from ._eval_set import concat_inputs
 from ._linearization import linearize_at, model_at, set_weights
 
 __all__ = ["AUTO_STAGES", "SGD_RESTART", "stage_boundaries", "staged_curves"]
+
+#: The curves of a staged run and the value of a curve after a diverged stage.
+_FILL = {"loss": np.inf, "error": 100.0, "eval_loss": np.inf, "eval_error": 100.0}
 
 #: Most cut points of ``relinearize="auto"`` when the kernel moves (measured in
 #: benchmarks/bench_trust.py; docs/trust.rst).
@@ -223,7 +240,9 @@ class _StagedRun:
 
     Per path: weights ``w``, parameter-space buffer ``buf``, function-space
     buffer ``A`` and the linearised problem of the current stage (its outputs
-    and, with weight decay, the anchor :math:`J w`).
+    and, with weight decay, the anchor :math:`J w`). With an eval set, ``A``,
+    the problem and the stage kernel also cover the held-out rows (train rows
+    first); the weights move with the training rows only.
     """
 
     def __init__(self, est, recipe):
@@ -232,19 +251,28 @@ class _StagedRun:
         sgd = not recipe.full_batch
         n_paths = recipe.n_paths if sgd else 1
         self.batches = est._batch_sequence(recipe, n_paths) if sgd else None
-        self.problem = est._problem(recipe)
+        self.held_out = est._has_eval_set()
+        self.problem = est._problem(recipe, held_out=self.held_out)
+        self.n_train = est.n_samples_
         self.names = est._trust_state["names"]
         self.momentum, self.wd = recipe.momentum > 0, recipe.weight_decay > 0
         w0 = _to64(est._trust_state["weights"])
         self.paths = [{"w": w0, "buf": None, "A": None, "problem": self.problem}
                       for _ in range(n_paths)]
-        self.has_error = self.problem.labels is not None
-        self.pieces = {key: [[] for _ in range(n_paths)] for key in ("loss", "error")}
+        self.keys = [key for key, there in (
+            ("loss", True), ("error", self.problem.labels is not None),
+            ("eval_loss", self.held_out), ("eval_error", self.problem.eval_labels is not None))
+            if there]
+        self.pieces = {key: [[] for _ in range(n_paths)] for key in self.keys}
         self.diverged = np.full(n_paths, -1)
         self.model = model_at(est)
-        self.kernel = est._kernel
-        self.operator = JacobianOperator(self.model, self.names, est._trust_state["inputs"],
-                                         chunk_size=est.chunk_size or 256)
+        self.kernel = est._eval_kernel if self.held_out else est._kernel
+        inputs, chunk = est._trust_state["inputs"], est.chunk_size or 256
+        # training rows: the VJPs (weights move with them only) and the acceptance test
+        self.operator = JacobianOperator(self.model, self.names, inputs, chunk_size=chunk)
+        # every row (train, then held-out): the outputs a path restarts from and ends at
+        self.all_rows = self.operator if not self.held_out else JacobianOperator(
+            self.model, self.names, concat_inputs(inputs, est._eval_inputs), chunk_size=chunk)
 
     def _batches(self, i, start, stop):
         return None if self.batches is None else [b[i:i + 1] for b in self.batches[start:stop]]
@@ -262,14 +290,13 @@ class _StagedRun:
         """Append an accepted stage to the curves (its end point only if it is the last)."""
         keep = slice(None) if last else slice(0, -1)
         for i, sim in enumerate(sims):
-            self.pieces["loss"][i].append(sim["loss"][0, keep])
-            if self.has_error:
-                self.pieces["error"][i].append(sim["error"][0, keep])
+            for key in self.keys:
+                self.pieces[key][i].append(sim[key][0, keep])
             if sim["diverged_at"][0] >= 0 and self.diverged[i] < 0:
                 self.diverged[i] = start + sim["diverged_at"][0]
 
     def accepted(self, sims, weights):
-        """The trust-region test of a stage: the real loss at its predicted end point.
+        r"""The trust-region test of a stage: the real loss at its predicted end point.
 
         With :math:`L_s` the (real) loss at the stage's start, :math:`L_{lin}`
         the linearised loss at its end and :math:`L_{real}` the network's loss at
@@ -288,8 +315,10 @@ class _StagedRun:
     def predicted_weights(self, start, stop, buffers=False):
         """Each path's predicted weights (and buffers) at ``stop``; None if they overflow."""
         rec = _stage_recipe(self.recipe, start, stop)
-        ds = [stage_displacement(self.kernel, p["problem"], rec,
-                                 batches=self._batches(i, start, stop), momentum_buffer=p["A"])
+        kernel = self.kernel.without_eval()  # held-out rows never move the weights
+        ds = [stage_displacement(kernel, p["problem"].without_eval(), rec,
+                                 batches=self._batches(i, start, stop),
+                                 momentum_buffer=self._train_part(p["A"]))
               for i, p in enumerate(self.paths)]
         cotangents = [d.coef for d in ds]
         if buffers and self.momentum:
@@ -307,12 +336,27 @@ class _StagedRun:
                  for m in self.names} for i, (p, d) in enumerate(zip(self.paths, ds))]
         return weights, bufs
 
+    def _train_part(self, A):
+        """The training rows of a function-space buffer over every row (None stays None)."""
+        return None if A is None else A[:self.n_train * self.problem.f0.shape[1]]
+
+    def _restart_problem(self, F, jw):
+        """The stage problem at outputs ``F`` and anchor ``jw`` over every row (train first)."""
+        n = self.n_train
+        split = (lambda a: (a, None)) if not self.held_out else (lambda a: (a[:n], a[n:]))
+        (f0, eval_f0), (jw0, eval_jw0) = split(F), (None, None) if jw is None else split(jw)
+        return self.problem.with_outputs(f0, eval_f0=eval_f0, jw0=jw0, eval_jw0=eval_jw0)
+
     def relinearize(self, weights, buffers):
-        """Re-linearise at the paths' mean weights and restart every path there (SGD_RESTART)."""
+        """Re-linearise at the paths' mean weights and restart every path there (SGD_RESTART).
+
+        With an eval set the re-linearisation covers the held-out rows too
+        (outputs, cross-kernel, and the buffer and anchor JVPs over every row).
+        """
         mean_w = _mean(weights, self.names)
         set_weights(self.model, mean_w)
-        lin = linearize_at(self.est, self.model)
-        self.kernel, self.operator = lin.kernel, lin.operator
+        lin = linearize_at(self.est, self.model, held_out=self.held_out)
+        self.kernel, self.operator = lin.kernel, self.operator.at(mean_w)
         if SGD_RESTART == "mean" or len(self.paths) == 1:
             weights = [mean_w] * len(self.paths)
             buffers = None if buffers is None else [_mean(buffers, self.names)] * len(self.paths)
@@ -323,39 +367,48 @@ class _StagedRun:
                 F = lin.outputs if w is mean_w else lin.operator.at(w).outputs()
                 A = None if buf is None else lin.apply(buf)
                 jw = lin.apply(w).reshape(F.shape) if self.wd else None
-                shared[id(w)] = (A, self.problem.with_outputs(F, jw0=jw))
+                shared[id(w)] = (A, self._restart_problem(F, jw))
             p.update(w=w, buf=buf)
             p["A"], p["problem"] = shared[id(w)]
         return lin
 
     def real_end(self):
-        """The real outputs at each path's predicted w_T (a cut at the last step)."""
-        for i, p in enumerate(self.paths):
-            F = self.operator.at(p["w"]).outputs()
-            self.pieces["loss"][i].append(np.atleast_1d(loss_value(F, self.problem.targets,
-                                                                   self.problem.loss)))
-            if self.has_error:
-                self.pieces["error"][i].append(np.atleast_1d(train_error(F, self.problem.labels)))
+        """The real outputs at each path's predicted w_T (a cut at the last step).
+
+        The training curves read the training rows; the held-out curves the
+        held-out rows of the same forward pass.
+        """
+        p = self.problem
+        n = self.n_train
+        for i, path in enumerate(self.paths):
+            F = self.all_rows.at(path["w"]).outputs()
+            values = {"loss": lambda: loss_value(F[:n], p.targets, p.loss),
+                      "error": lambda: train_error(F[:n], p.labels),
+                      "eval_loss": lambda: loss_value(F[n:], p.eval_targets, p.loss),
+                      "eval_error": lambda: train_error(F[n:], p.eval_labels)}
+            for key in self.keys:
+                self.pieces[key][i].append(np.atleast_1d(values[key]()))
 
     def fill_diverged(self, stop):
         """After a diverged stage ending at ``stop`` the rest of every curve is inf (error 100 %)."""
         rest = self.T - stop + 1
-        for i in range(len(self.paths)):
-            self.pieces["loss"][i].append(np.full(rest, np.inf))
-            if self.has_error:
-                self.pieces["error"][i].append(np.full(rest, 100.0))
+        for key in self.keys:
+            for piece in self.pieces[key]:
+                piece.append(np.full(rest, _FILL[key]))
 
     def curves(self):
-        stack = lambda key: np.stack([np.concatenate(c) for c in self.pieces[key]])  # noqa: E731
-        return {"loss": stack("loss"), "error": stack("error") if self.has_error else None,
-                "eval_loss": None, "eval_error": None, "diverged_at": self.diverged}
+        out = {key: (np.stack([np.concatenate(c) for c in self.pieces[key]])
+                     if key in self.keys else None) for key in _FILL}
+        out["diverged_at"] = self.diverged
+        return out
 
 
 def staged_curves(est, setting):
     """Curves of a fitted predictor with open-loop stages, in ``_curves``' format.
 
     Returns the dict of :func:`sktt.dynamics.simulate` (``"loss"``,
-    ``"error"`` of shape (P, n_steps + 1), ``"diverged_at"``) plus
+    ``"error"``, ``"eval_loss"``, ``"eval_error"`` of shape (P, n_steps + 1)
+    or None, ``"diverged_at"``) plus
     ``"relinearize"``: the rule, the cut points, the kernel trace ratio and the
     relative kernel change (probe block, since the previous stage) at each,
     the number of kernel-change probes (adaptive rule), the largest change of
