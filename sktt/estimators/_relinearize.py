@@ -87,7 +87,7 @@ import numpy as np
 import torch
 
 from ..dynamics import loss_value, simulate, train_error
-from ..dynamics._displacement import stage_displacement
+from ..dynamics._displacement import max_curvature, stage_displacement
 from ..gradients._probes import JacobianOperator
 from ..utils._torch import model_untouched
 from ._eval_set import concat_inputs
@@ -269,7 +269,9 @@ class _StagedRun:
         self.kernel = est._eval_kernel if self.held_out else est._kernel
         inputs, chunk = est._trust_state["inputs"], est.chunk_size or 256
         # training rows: the VJPs (weights move with them only) and the acceptance test
-        self.operator = JacobianOperator(self.model, self.names, inputs, chunk_size=chunk)
+        # (at w0 as its own tensors: ``set_weights`` at a refused cut must not move it)
+        self.operator = JacobianOperator(self.model, self.names, inputs,
+                                         chunk_size=chunk).at(w0)
         # every row (train, then held-out): the outputs a path restarts from and ends at
         self.all_rows = self.operator if not self.held_out else JacobianOperator(
             self.model, self.names, concat_inputs(inputs, est._eval_inputs), chunk_size=chunk)
@@ -335,6 +337,29 @@ class _StagedRun:
                  + (d.buffer_gamma * p["buf"][m] if p["buf"] is not None else 0.0)
                  for m in self.names} for i, (p, d) in enumerate(zip(self.paths, ds))]
         return weights, bufs
+
+    def stability(self, kernel, outputs, start):
+        """Stability ratio of a stage from ``start`` on ``kernel`` at training ``outputs``.
+
+        As the prediction's stability check (:func:`sktt.dynamics._displacement.max_curvature`,
+        :meth:`~sktt.dynamics.TrainingRecipe.stability_ratio`) for the rest of
+        the schedule: full batch, or path 0's next batches; 1 is the edge.
+        """
+        rest = _stage_recipe(self.recipe, start, self.T)
+        batches = None if self.batches is None else [b[0] for b in self.batches[start:]]
+        h = max_curvature(kernel.without_eval(), [outputs[:self.n_train]], self.problem.targets,
+                          self.problem.loss, batches=batches)
+        return float(rest.stability_ratio(h))
+
+    def state(self):
+        """What :meth:`relinearize` changes, to :meth:`restore` after a refused cut."""
+        return self.kernel, self.operator, [dict(p) for p in self.paths]
+
+    def restore(self, state):
+        self.kernel, self.operator, saved = state
+        for p, q in zip(self.paths, saved):
+            p.clear()
+            p.update(q)
 
     def _train_part(self, A):
         """The training rows of a function-space buffer over every row (None stays None)."""
@@ -429,7 +454,7 @@ def staged_curves(est, setting):
     plain = est._simulate(recipe)
     info = {"stages": k, "rule": "geometric" if tol is None else "adaptive", "tolerance": tol,
             "cut_points": [], "kernel_trace_ratios": [], "kernel_changes": [], "probes": 0,
-            "shortened": 0,
+            "shortened": 0, "stage_stability_ratios": [], "refused_cuts": [],
             "auto_kernel_level": auto_level, "curve_change": 0.0, "seconds": 0.0}
     if k == 0:
         plain["relinearize"] = info
@@ -446,18 +471,19 @@ def staged_curves(est, setting):
             moved = run.predicted_weights(start, t)
             return np.inf if moved is None else probe.change(_mean(moved[0], run.names))
 
-        start = 0
+        start, tried, stop_cutting = 0, 0, False
+        ratio = run.stability(run.kernel, run.problem.f0, 0)  # the current stage's
+        info["stage_stability_ratios"].append(ratio)
         while True:
-            n_cuts = len(info["cut_points"])
-            if n_cuts == k:
+            if tried == k or stop_cutting:
                 stop = T
             elif planned is not None:
-                stop = planned[n_cuts]
+                stop = planned[tried]
             else:
                 stop, probes = adaptive_cut(lambda t: change_at(start, t), start, T, tol)
                 info["probes"] += len(probes)
             while True:  # shorten a stage whose predicted end the network does not confirm
-                cut_at_end = stop == T and planned is not None and n_cuts < k
+                cut_at_end = stop == T and planned is not None and tried < k and not stop_cutting
                 last = stop == T and not cut_at_end
                 sims = run.run_stage(start, stop)
                 if last:
@@ -468,19 +494,32 @@ def staged_curves(est, setting):
                     break
                 stop = start + (stop - start) // 2
                 info["shortened"] += 1
-            run.keep(sims, start, last)
+            if last or moved is None or cut_at_end:
+                run.keep(sims, start, last)
             if last:
                 break
             if moved is None:
                 run.fill_diverged(stop)
                 break
-            info["cut_points"].append(stop)
+            tried += 1
             if cut_at_end:  # a cut after the last step: the real outputs at w_T only
+                info["cut_points"].append(stop)
                 for p, w in zip(run.paths, moved[0]):
                     p["w"] = w
                 run.real_end()
                 break
+            before = run.state()
             lin = run.relinearize(*moved)
+            new_ratio = run.stability(lin.kernel, lin.outputs, stop)
+            if new_ratio > max(1.0, ratio):  # past its own edge, further than the current stage
+                run.restore(before)
+                info["refused_cuts"].append((stop, new_ratio))
+                stop_cutting = planned is None  # adaptive: the same cut would come again
+                continue
+            run.keep(sims, start, False)
+            info["cut_points"].append(stop)
+            ratio = new_ratio
+            info["stage_stability_ratios"].append(ratio)
             block = lin.kernel.block(probe.sub)
             info["kernel_trace_ratios"].append(lin.trace / tr0)
             info["kernel_changes"].append(
