@@ -310,3 +310,34 @@ def test_dense_and_factored_staged_held_out_curves(cnn_data, cnn_eval_data, mode
                   for mode, fit in fits.items()}
         assert curves["dense"].shape == (16,) and np.all(np.isfinite(curves["dense"]))
         assert_allclose(curves["factored"], curves["dense"], rtol=1e-6, atol=1e-8)
+
+
+def test_a_cut_past_its_own_edge_is_refused(cnn_data, cnn_eval_data, monkeypatch):
+    """A cut whose kernel puts the rest of the schedule past its own stability edge, where
+    the linearised loss then rises, is refused (the current linearisation goes on):
+    refusing every cut gives the plain prediction, held-out rows included; past the edge
+    without a rise, the cut is taken."""
+    X, y = cnn_data
+    T = 10
+    ttp = TrainingTimePredictor(tiny_cnn(), lr=0.5, n_steps=T, momentum=0.5, random_state=0,
+                                trust_check=False).fit(X, y, eval_set=cnn_eval_data)
+    info = ttp.trust_report(relinearize=4).relinearize
+    assert info["refused_cuts"] == [] and len(info["cut_points"]) == 4
+    ratios = info["stage_stability_ratios"]
+    assert len(ratios) == 5 and all(0 < r < 1 for r in ratios)  # w0 and each cut
+    ratio_at_w0 = ttp._stability(ttp.get_recipe(batch_size=None), sgd=False)
+    assert_allclose(ratios[0], ratio_at_w0, rtol=1e-3)  # the fit's check, Lanczos to 1e-4
+    plain = {on: ttp.predict_curve(on=on) for on in ("train", "eval")}
+    staged = ttp.predict_curve(relinearize=3)
+    monkeypatch.setattr(_relinearize._StagedRun, "stability", lambda *a: 1.5)  # all past
+    ttp._cache.clear()
+    assert_allclose(ttp.predict_curve(relinearize=3), staged, rtol=0, atol=1e-12)  # no rise
+    assert ttp.trust_report(relinearize=3).relinearize["refused_cuts"] == []
+    monkeypatch.setattr(_relinearize._StagedRun, "rises", lambda *a: True)
+    ttp._cache.clear()
+    for on in ("train", "eval"):
+        assert_allclose(ttp.predict_curve(on=on, relinearize=3), plain[on], rtol=0, atol=1e-12)
+    info = ttp.trust_report(relinearize=3).relinearize
+    assert info["cut_points"] == [] and info["refused_cuts"] == [(t, 1.5) for t in
+                                                                 stage_boundaries(T, 3)]
+    assert info["stage_stability_ratios"] == [1.5]

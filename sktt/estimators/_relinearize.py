@@ -51,6 +51,18 @@ rest of the learning-rate schedule. No optimiser step is taken on the data.
   decrease; otherwise the stage is halved. Without it, a long stage could end
   where the real loss is far above the linear one, and the next stage started
   from there (the spikes of docs/trust.rst).
+* A cut is refused when the kernel there is past its own stability edge
+  (:meth:`_StagedRun.stability`: the prediction's stability ratio for the
+  rest of the schedule, at the cut's outputs, > 1) *and* the linearised loss
+  on it, simulated to the end, rises above its value at the cut
+  (:meth:`_StagedRun.rises`): the growing oscillation of a linear model past
+  its edge, inside a stage where a test at its end does not look, while a
+  real network there stops the growth of its curvature (the edge of
+  stability, Cohen et al., 2021; measured, with the spikes it caused, in
+  docs/trust.rst). The current linearisation then continues to the next cut
+  point (adaptive rule: to the end); the refused kernel is still paid for.
+  No threshold but the edge itself; the limit case (a cut before every step
+  is real GD) holds where no cut is refused.
 * SGD: the kernel of each stage is computed at the *mean* of the paths'
   predicted weights (one kernel per stage, not one per path); every path keeps
   its own weights, buffer and batch order, and restarts from its own real
@@ -351,6 +363,11 @@ class _StagedRun:
                           self.problem.loss, batches=batches)
         return float(rest.stability_ratio(h))
 
+    def rises(self, start):
+        """Whether the linearised mean loss from ``start`` to the end rises above its start."""
+        loss = np.mean([sim["loss"][0] for sim in self.run_stage(start, self.T)], axis=0)
+        return bool(not np.all(np.isfinite(loss)) or np.max(loss[1:]) > loss[0])
+
     def state(self):
         """What :meth:`relinearize` changes, to :meth:`restore` after a refused cut."""
         return self.kernel, self.operator, [dict(p) for p in self.paths]
@@ -436,6 +453,8 @@ def staged_curves(est, setting):
     or None, ``"diverged_at"``) plus
     ``"relinearize"``: the rule, the cut points, the kernel trace ratio and the
     relative kernel change (probe block, since the previous stage) at each,
+    the stability ratio of every stage (``w0`` first), the refused cuts
+    (step, ratio), the number of trust-region halvings (``"shortened"``),
     the number of kernel-change probes (adaptive rule), the largest change of
     the mean loss curve relative to the plain prediction (in units of L_0),
     and seconds.
@@ -511,7 +530,7 @@ def staged_curves(est, setting):
             before = run.state()
             lin = run.relinearize(*moved)
             new_ratio = run.stability(lin.kernel, lin.outputs, stop)
-            if new_ratio > max(1.0, ratio):  # past its own edge, further than the current stage
+            if new_ratio > 1.0 and run.rises(stop):  # past its own edge, and it shows
                 run.restore(before)
                 info["refused_cuts"].append((stop, new_ratio))
                 stop_cutting = planned is None  # adaptive: the same cut would come again
