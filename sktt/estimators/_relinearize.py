@@ -373,6 +373,7 @@ class _StagedRun:
         return self.kernel, self.operator, [dict(p) for p in self.paths]
 
     def restore(self, state):
+        """Back to a :meth:`state` (the linearisation before a refused cut)."""
         self.kernel, self.operator, saved = state
         for p, q in zip(self.paths, saved):
             p.clear()
