@@ -196,7 +196,8 @@ def run_stages(name, methods, refresh_steps, n_settings, edge_ratios, batch_size
                 costs[label] = (time.perf_counter() - t0) / fit_s
                 info = ttp._curves(ttp._setting(dict(lr=lr, momentum=m, **overrides)))
                 infos[label] = {key: info["relinearize"][key]
-                                for key in ("cut_points", "probes", "kernel_changes")}
+                                for key in ("cut_points", "probes", "kernel_changes",
+                                            "stage_stability_ratios", "refused_cuts")}
             if refresh_steps:
                 t0 = time.perf_counter()
                 curves[labels[-1]] = ttp.predict_curve(lr=lr, momentum=m,
@@ -214,6 +215,11 @@ def run_stages(name, methods, refresh_steps, n_settings, edge_ratios, batch_size
             if not label.startswith("k="):
                 print(f"       {label}: cuts {info['cut_points']}, {info['probes']} probes, "
                       f"kernel change per cut {np.round(info['kernel_changes'], 2).tolist()}")
+            if info["refused_cuts"]:
+                refused = [(t, round(r, 2)) for t, r in info["refused_cuts"]]
+                print(f"       {label}: stage stability ratios "
+                      f"{np.round(info['stage_stability_ratios'], 2).tolist()}, refused cuts "
+                      f"(step, ratio) {refused}")
         rows.append({"case": name, "lr": lr, "momentum": m, "stability_ratio": stab,
                      "batch_size": batch_size, "n_paths": n_paths if sgd else 1,
                      "real_times": rt, "errors": errs, "curve_errors": curve_err,

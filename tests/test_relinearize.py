@@ -208,3 +208,136 @@ def test_bad_relinearize(cnn_data, params, match):
                                 trust_check=False).fit(X, y)
     with pytest.raises(ValueError, match=match):
         ttp.predict_curve(**params)
+
+
+# ---------------------------------------------------------------- held-out rows (eval_set)
+@pytest.fixture(scope="module")
+def cnn_eval_data():
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(6, 1, 6, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (6,), generator=g)
+    return X, y
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_a_cut_after_every_step_is_real_gradient_descent_on_held_out_rows(cnn_data,
+                                                                          cnn_eval_data, name):
+    X, y = cnn_data
+    eval_set = cnn_eval_data
+    model = tiny_cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    T = 10
+    ttp = TrainingTimePredictor(model, lr=0.5, n_steps=T, random_state=0, trust_check=False,
+                                **RECIPES[name]).fit(X, y, eval_set=eval_set)
+    real = run_real_training(model, X, y, lr=0.5, n_steps=T, eval_set=eval_set, **RECIPES[name])
+    assert_allclose(ttp.predict_curve(on="eval", relinearize=T), real.eval_loss, rtol=0,
+                    atol=1e-9)
+    assert_allclose(ttp.predict_curve("error", on="eval", relinearize=T), real.eval_error,
+                    rtol=0, atol=1e-9)
+    assert_allclose(ttp.predict_curve(relinearize=T), real.loss, rtol=0, atol=1e-9)
+    plain = ttp.predict_curve(on="eval")
+    assert np.abs(plain - real.eval_loss).max() > 1e-3  # the reference is not trivially linear
+    for k, v in model.state_dict().items():  # the user's model is untouched
+        assert torch.equal(v, before[k])
+
+
+@pytest.mark.parametrize("batch_size", [None, 5])
+@pytest.mark.parametrize("name", ["gd", "momentum-weight-decay", "nesterov"])
+def test_linear_model_staged_held_out_curves_equal_plain(name, batch_size):
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(24, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (24,), generator=g)
+    X_val = torch.randn(15, 6, generator=g, dtype=torch.float64)
+    y_val = torch.randint(0, 3, (15,), generator=g)
+    ttp = TrainingTimePredictor(RandomFeatureHead(), lr=0.3, n_steps=20, batch_size=batch_size,
+                                n_paths=3, random_state=0, **RECIPES[name]).fit(
+        X, y, eval_set=(X_val, y_val))
+    for metric in ("loss", "error"):
+        plain = ttp.predict_curve(metric, on="eval", return_band=True).paths
+        for k in (1, 4, 20):
+            staged = ttp.predict_curve(metric, on="eval", relinearize=k, return_band=True).paths
+            assert_allclose(staged, plain, rtol=0, atol=1e-12 if metric == "loss" else 1e-9)
+
+
+@pytest.mark.parametrize("restart", ["own", "mean"])
+def test_sgd_paths_with_an_eval_set(cnn_data, cnn_eval_data, monkeypatch, restart):
+    """SGD paths carry their held-out rows through the stages; the training curves are
+    those of the same predictor fitted without an eval set."""
+    monkeypatch.setattr(_relinearize, "SGD_RESTART", restart)
+    X, y = cnn_data
+    T, P = 12, 3
+    params = dict(lr=0.5, n_steps=T, batch_size=4, n_paths=P, momentum=0.5, weight_decay=0.01,
+                  random_state=0, trust_check=False)
+    with_eval = TrainingTimePredictor(tiny_cnn(), **params).fit(X, y, eval_set=cnn_eval_data)
+    without = TrainingTimePredictor(tiny_cnn(), **params).fit(X, y)
+    for k in (2, 4):
+        for metric in ("loss", "error"):
+            band = with_eval.predict_curve(metric, on="eval", relinearize=k, return_band=True)
+            assert band.paths.shape == (P, T + 1)
+            assert np.all(np.isfinite(band.paths))
+            train = with_eval.predict_curve(metric, relinearize=k, return_band=True).paths
+            assert_allclose(train, without.predict_curve(metric, relinearize=k,
+                                                         return_band=True).paths,
+                            rtol=0, atol=1e-9)
+        # the held-out curves move with the stages: not the plain ones
+        assert np.abs(band.paths - with_eval.predict_curve(
+            "error", on="eval", return_band=True).paths).max() + np.abs(
+            with_eval.predict_curve(on="eval", relinearize=k)
+            - with_eval.predict_curve(on="eval")).max() > 1e-6
+
+
+@pytest.mark.parametrize("model", ["linear", "cnn"])
+def test_dense_and_factored_staged_held_out_curves(cnn_data, cnn_eval_data, model):
+    """ntk='factored' re-linearises with the held-out rows of the same projection: the
+    staged held-out curves equal the dense ones. (Not the plain ones, even for a linear
+    model: the stages move the weights by the exact Jacobian, the projected kernel only
+    sketches it.)"""
+    if model == "linear":
+        g = torch.Generator().manual_seed(1)
+        X, X_val = (torch.randn(n, 6, generator=g, dtype=torch.float64) for n in (20, 12))
+        y, y_val = (torch.randint(0, 3, (n,), generator=g) for n in (20, 12))
+        make = lambda: RandomFeatureHead(n_features=60)  # noqa: E731
+    else:
+        (X, y), (X_val, y_val) = cnn_data, cnn_eval_data
+        make = tiny_cnn
+    fits = {mode: TrainingTimePredictor(
+        make(), n_steps=15, ntk=mode, lr=0.3, momentum=0.5, weight_decay=0.01,
+        projection="countsketch", projection_dim=24, random_state=2, trust_check=False).fit(
+        X, y, eval_set=(X_val, y_val)) for mode in ("dense", "factored")}
+    assert fits["factored"].ntk_mode_ == "factored"
+    for metric in ("loss", "error"):
+        curves = {mode: fit.predict_curve(metric, on="eval", relinearize=4)
+                  for mode, fit in fits.items()}
+        assert curves["dense"].shape == (16,) and np.all(np.isfinite(curves["dense"]))
+        assert_allclose(curves["factored"], curves["dense"], rtol=1e-6, atol=1e-8)
+
+
+def test_a_cut_past_its_own_edge_is_refused(cnn_data, cnn_eval_data, monkeypatch):
+    """A cut whose kernel puts the rest of the schedule past its own stability edge, where
+    the linearised loss then rises, is refused (the current linearisation goes on):
+    refusing every cut gives the plain prediction, held-out rows included; past the edge
+    without a rise, the cut is taken."""
+    X, y = cnn_data
+    T = 10
+    ttp = TrainingTimePredictor(tiny_cnn(), lr=0.5, n_steps=T, momentum=0.5, random_state=0,
+                                trust_check=False).fit(X, y, eval_set=cnn_eval_data)
+    info = ttp.trust_report(relinearize=4).relinearize
+    assert info["refused_cuts"] == [] and len(info["cut_points"]) == 4
+    ratios = info["stage_stability_ratios"]
+    assert len(ratios) == 5 and all(0 < r < 1 for r in ratios)  # w0 and each cut
+    ratio_at_w0 = ttp._stability(ttp.get_recipe(batch_size=None), sgd=False)
+    assert_allclose(ratios[0], ratio_at_w0, rtol=1e-3)  # the fit's check, Lanczos to 1e-4
+    plain = {on: ttp.predict_curve(on=on) for on in ("train", "eval")}
+    staged = ttp.predict_curve(relinearize=3)
+    monkeypatch.setattr(_relinearize._StagedRun, "stability", lambda *a: 1.5)  # all past
+    ttp._cache.clear()
+    assert_allclose(ttp.predict_curve(relinearize=3), staged, rtol=0, atol=1e-12)  # no rise
+    assert ttp.trust_report(relinearize=3).relinearize["refused_cuts"] == []
+    monkeypatch.setattr(_relinearize._StagedRun, "rises", lambda *a: True)
+    ttp._cache.clear()
+    for on in ("train", "eval"):
+        assert_allclose(ttp.predict_curve(on=on, relinearize=3), plain[on], rtol=0, atol=1e-12)
+    info = ttp.trust_report(relinearize=3).relinearize
+    assert info["cut_points"] == [] and info["refused_cuts"] == [(t, 1.5) for t in
+                                                                 stage_boundaries(T, 3)]
+    assert info["stage_stability_ratios"] == [1.5]

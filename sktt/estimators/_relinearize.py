@@ -51,21 +51,46 @@ rest of the learning-rate schedule. No optimiser step is taken on the data.
   decrease; otherwise the stage is halved. Without it, a long stage could end
   where the real loss is far above the linear one, and the next stage started
   from there (the spikes of docs/trust.rst).
+* A cut is refused when the kernel there is past its own stability edge
+  (:meth:`_StagedRun.stability`: the prediction's stability ratio for the
+  rest of the schedule, at the cut's outputs, > 1) *and* the linearised loss
+  on it, simulated to the end, rises above its value at the cut
+  (:meth:`_StagedRun.rises`): the growing oscillation of a linear model past
+  its edge, inside a stage where a test at its end does not look, while a
+  real network there stops the growth of its curvature (the edge of
+  stability, Cohen et al., 2021; measured, with the spikes it caused, in
+  docs/trust.rst). The current linearisation then continues to the next cut
+  point (adaptive rule: to the end); the refused kernel is still paid for.
+  No threshold but the edge itself; the limit case (a cut before every step
+  is real GD) holds where no cut is refused.
 * SGD: the kernel of each stage is computed at the *mean* of the paths'
   predicted weights (one kernel per stage, not one per path); every path keeps
   its own weights, buffer and batch order, and restarts from its own real
   outputs :math:`f(w_{p,t_j})` (one forward pass per path), linearised with
   that kernel.
+* Held-out rows (``fit(..., eval_set=...)``; :mod:`sktt.estimators._eval_set`)
+  are re-linearised at every cut with the training rows, as the refresh does
+  (:mod:`sktt.estimators._refresh`): one joint extraction gives Θ and the
+  cross-kernel at the cut, the path restarts from its real held-out outputs
+  :math:`f(w_{t_j}; X_{val})`, and the buffer and anchor JVPs run over the
+  training and held-out inputs together (the stage's :math:`A` and
+  :math:`\Phi` cover both). The weights move with the training rows only:
+  the displacement coefficients live on the training rows (the stage kernel
+  without its held-out rows). The acceptance test reads the training loss;
+  after a cut at the last step both curves end at the real outputs at
+  :math:`w_T`. With a cut before every step the held-out curves are real
+  gradient descent's too.
 * ``relinearize="auto"`` reads the trust diagnostic of the setting
   (:mod:`sktt.estimators._trust`): stages (``AUTO_STAGES`` of them) only when
   the kernel-change probe is not "ok"; otherwise the plain prediction, at no
   extra cost when the diagnostic is already computed (the fitted setting).
 
-Cost: one kernel (about one ``fit``) per cut point, plus one backward pass
-(:math:`w`, buf) and one or two double-backward passes (A, Φ) per path and cut
-point; the dynamics are run twice per stage (curve, coefficients). The result
-reports, per cut point, the step, the kernel trace relative to :math:`\Theta_0`,
-and how far the staged curve moved from the plain one.
+Cost: one kernel (about one ``fit``; with an eval set the joint one) per cut
+point, plus one backward pass (:math:`w`, buf) and one or two double-backward
+passes (A, Φ) per path and cut point; the dynamics are run twice per stage
+(curve, coefficients). The result reports, per cut point, the step, the
+kernel trace relative to :math:`\Theta_0`, and how far the staged curve moved
+from the plain one.
 """
 
 import time
@@ -74,12 +99,16 @@ import numpy as np
 import torch
 
 from ..dynamics import loss_value, simulate, train_error
-from ..dynamics._displacement import stage_displacement
+from ..dynamics._displacement import max_curvature, stage_displacement
 from ..gradients._probes import JacobianOperator
 from ..utils._torch import model_untouched
+from ._eval_set import concat_inputs
 from ._linearization import linearize_at, model_at, set_weights
 
 __all__ = ["AUTO_STAGES", "SGD_RESTART", "stage_boundaries", "staged_curves"]
+
+#: The curves of a staged run and the value of a curve after a diverged stage.
+_FILL = {"loss": np.inf, "error": 100.0, "eval_loss": np.inf, "eval_error": 100.0}
 
 #: Most cut points of ``relinearize="auto"`` when the kernel moves (measured in
 #: benchmarks/bench_trust.py; docs/trust.rst).
@@ -223,7 +252,9 @@ class _StagedRun:
 
     Per path: weights ``w``, parameter-space buffer ``buf``, function-space
     buffer ``A`` and the linearised problem of the current stage (its outputs
-    and, with weight decay, the anchor :math:`J w`).
+    and, with weight decay, the anchor :math:`J w`). With an eval set, ``A``,
+    the problem and the stage kernel also cover the held-out rows (train rows
+    first); the weights move with the training rows only.
     """
 
     def __init__(self, est, recipe):
@@ -232,19 +263,30 @@ class _StagedRun:
         sgd = not recipe.full_batch
         n_paths = recipe.n_paths if sgd else 1
         self.batches = est._batch_sequence(recipe, n_paths) if sgd else None
-        self.problem = est._problem(recipe)
+        self.held_out = est._has_eval_set()
+        self.problem = est._problem(recipe, held_out=self.held_out)
+        self.n_train = est.n_samples_
         self.names = est._trust_state["names"]
         self.momentum, self.wd = recipe.momentum > 0, recipe.weight_decay > 0
         w0 = _to64(est._trust_state["weights"])
         self.paths = [{"w": w0, "buf": None, "A": None, "problem": self.problem}
                       for _ in range(n_paths)]
-        self.has_error = self.problem.labels is not None
-        self.pieces = {key: [[] for _ in range(n_paths)] for key in ("loss", "error")}
+        self.keys = [key for key, there in (
+            ("loss", True), ("error", self.problem.labels is not None),
+            ("eval_loss", self.held_out), ("eval_error", self.problem.eval_labels is not None))
+            if there]
+        self.pieces = {key: [[] for _ in range(n_paths)] for key in self.keys}
         self.diverged = np.full(n_paths, -1)
         self.model = model_at(est)
-        self.kernel = est._kernel
-        self.operator = JacobianOperator(self.model, self.names, est._trust_state["inputs"],
-                                         chunk_size=est.chunk_size or 256)
+        self.kernel = est._eval_kernel if self.held_out else est._kernel
+        inputs, chunk = est._trust_state["inputs"], est.chunk_size or 256
+        # training rows: the VJPs (weights move with them only) and the acceptance test
+        # (at w0 as its own tensors: ``set_weights`` at a refused cut must not move it)
+        self.operator = JacobianOperator(self.model, self.names, inputs,
+                                         chunk_size=chunk).at(w0)
+        # every row (train, then held-out): the outputs a path restarts from and ends at
+        self.all_rows = self.operator if not self.held_out else JacobianOperator(
+            self.model, self.names, concat_inputs(inputs, est._eval_inputs), chunk_size=chunk)
 
     def _batches(self, i, start, stop):
         return None if self.batches is None else [b[i:i + 1] for b in self.batches[start:stop]]
@@ -262,14 +304,13 @@ class _StagedRun:
         """Append an accepted stage to the curves (its end point only if it is the last)."""
         keep = slice(None) if last else slice(0, -1)
         for i, sim in enumerate(sims):
-            self.pieces["loss"][i].append(sim["loss"][0, keep])
-            if self.has_error:
-                self.pieces["error"][i].append(sim["error"][0, keep])
+            for key in self.keys:
+                self.pieces[key][i].append(sim[key][0, keep])
             if sim["diverged_at"][0] >= 0 and self.diverged[i] < 0:
                 self.diverged[i] = start + sim["diverged_at"][0]
 
     def accepted(self, sims, weights):
-        """The trust-region test of a stage: the real loss at its predicted end point.
+        r"""The trust-region test of a stage: the real loss at its predicted end point.
 
         With :math:`L_s` the (real) loss at the stage's start, :math:`L_{lin}`
         the linearised loss at its end and :math:`L_{real}` the network's loss at
@@ -288,8 +329,10 @@ class _StagedRun:
     def predicted_weights(self, start, stop, buffers=False):
         """Each path's predicted weights (and buffers) at ``stop``; None if they overflow."""
         rec = _stage_recipe(self.recipe, start, stop)
-        ds = [stage_displacement(self.kernel, p["problem"], rec,
-                                 batches=self._batches(i, start, stop), momentum_buffer=p["A"])
+        kernel = self.kernel.without_eval()  # held-out rows never move the weights
+        ds = [stage_displacement(kernel, p["problem"].without_eval(), rec,
+                                 batches=self._batches(i, start, stop),
+                                 momentum_buffer=self._train_part(p["A"]))
               for i, p in enumerate(self.paths)]
         cotangents = [d.coef for d in ds]
         if buffers and self.momentum:
@@ -307,12 +350,56 @@ class _StagedRun:
                  for m in self.names} for i, (p, d) in enumerate(zip(self.paths, ds))]
         return weights, bufs
 
+    def stability(self, kernel, outputs, start):
+        """Stability ratio of a stage from ``start`` on ``kernel`` at training ``outputs``.
+
+        As the prediction's stability check (:func:`sktt.dynamics._displacement.max_curvature`,
+        :meth:`~sktt.dynamics.TrainingRecipe.stability_ratio`) for the rest of
+        the schedule: full batch, or path 0's next batches; 1 is the edge.
+        """
+        rest = _stage_recipe(self.recipe, start, self.T)
+        batches = None if self.batches is None else [b[0] for b in self.batches[start:]]
+        h = max_curvature(kernel.without_eval(), [outputs[:self.n_train]], self.problem.targets,
+                          self.problem.loss, batches=batches)
+        return float(rest.stability_ratio(h))
+
+    def rises(self, start):
+        """Whether the linearised mean loss from ``start`` to the end rises above its start."""
+        loss = np.mean([sim["loss"][0] for sim in self.run_stage(start, self.T)], axis=0)
+        return bool(not np.all(np.isfinite(loss)) or np.max(loss[1:]) > loss[0])
+
+    def state(self):
+        """What :meth:`relinearize` changes, to :meth:`restore` after a refused cut."""
+        return self.kernel, self.operator, [dict(p) for p in self.paths]
+
+    def restore(self, state):
+        """Back to a :meth:`state` (the linearisation before a refused cut)."""
+        self.kernel, self.operator, saved = state
+        for p, q in zip(self.paths, saved):
+            p.clear()
+            p.update(q)
+
+    def _train_part(self, A):
+        """The training rows of a function-space buffer over every row (None stays None)."""
+        return None if A is None else A[:self.n_train * self.problem.f0.shape[1]]
+
+    def _restart_problem(self, F, jw):
+        """The stage problem at outputs ``F`` and anchor ``jw`` over every row (train first)."""
+        n = self.n_train
+        split = (lambda a: (a, None)) if not self.held_out else (lambda a: (a[:n], a[n:]))
+        (f0, eval_f0), (jw0, eval_jw0) = split(F), (None, None) if jw is None else split(jw)
+        return self.problem.with_outputs(f0, eval_f0=eval_f0, jw0=jw0, eval_jw0=eval_jw0)
+
     def relinearize(self, weights, buffers):
-        """Re-linearise at the paths' mean weights and restart every path there (SGD_RESTART)."""
+        """Re-linearise at the paths' mean weights and restart every path there (SGD_RESTART).
+
+        With an eval set the re-linearisation covers the held-out rows too
+        (outputs, cross-kernel, and the buffer and anchor JVPs over every row).
+        """
         mean_w = _mean(weights, self.names)
         set_weights(self.model, mean_w)
-        lin = linearize_at(self.est, self.model)
-        self.kernel, self.operator = lin.kernel, lin.operator
+        lin = linearize_at(self.est, self.model, held_out=self.held_out)
+        self.kernel, self.operator = lin.kernel, self.operator.at(mean_w)
         if SGD_RESTART == "mean" or len(self.paths) == 1:
             weights = [mean_w] * len(self.paths)
             buffers = None if buffers is None else [_mean(buffers, self.names)] * len(self.paths)
@@ -323,41 +410,52 @@ class _StagedRun:
                 F = lin.outputs if w is mean_w else lin.operator.at(w).outputs()
                 A = None if buf is None else lin.apply(buf)
                 jw = lin.apply(w).reshape(F.shape) if self.wd else None
-                shared[id(w)] = (A, self.problem.with_outputs(F, jw0=jw))
+                shared[id(w)] = (A, self._restart_problem(F, jw))
             p.update(w=w, buf=buf)
             p["A"], p["problem"] = shared[id(w)]
         return lin
 
     def real_end(self):
-        """The real outputs at each path's predicted w_T (a cut at the last step)."""
-        for i, p in enumerate(self.paths):
-            F = self.operator.at(p["w"]).outputs()
-            self.pieces["loss"][i].append(np.atleast_1d(loss_value(F, self.problem.targets,
-                                                                   self.problem.loss)))
-            if self.has_error:
-                self.pieces["error"][i].append(np.atleast_1d(train_error(F, self.problem.labels)))
+        """The real outputs at each path's predicted w_T (a cut at the last step).
+
+        The training curves read the training rows; the held-out curves the
+        held-out rows of the same forward pass.
+        """
+        p = self.problem
+        n = self.n_train
+        for i, path in enumerate(self.paths):
+            F = self.all_rows.at(path["w"]).outputs()
+            values = {"loss": lambda: loss_value(F[:n], p.targets, p.loss),
+                      "error": lambda: train_error(F[:n], p.labels),
+                      "eval_loss": lambda: loss_value(F[n:], p.eval_targets, p.loss),
+                      "eval_error": lambda: train_error(F[n:], p.eval_labels)}
+            for key in self.keys:
+                self.pieces[key][i].append(np.atleast_1d(values[key]()))
 
     def fill_diverged(self, stop):
         """After a diverged stage ending at ``stop`` the rest of every curve is inf (error 100 %)."""
         rest = self.T - stop + 1
-        for i in range(len(self.paths)):
-            self.pieces["loss"][i].append(np.full(rest, np.inf))
-            if self.has_error:
-                self.pieces["error"][i].append(np.full(rest, 100.0))
+        for key in self.keys:
+            for piece in self.pieces[key]:
+                piece.append(np.full(rest, _FILL[key]))
 
     def curves(self):
-        stack = lambda key: np.stack([np.concatenate(c) for c in self.pieces[key]])  # noqa: E731
-        return {"loss": stack("loss"), "error": stack("error") if self.has_error else None,
-                "eval_loss": None, "eval_error": None, "diverged_at": self.diverged}
+        out = {key: (np.stack([np.concatenate(c) for c in self.pieces[key]])
+                     if key in self.keys else None) for key in _FILL}
+        out["diverged_at"] = self.diverged
+        return out
 
 
 def staged_curves(est, setting):
     """Curves of a fitted predictor with open-loop stages, in ``_curves``' format.
 
     Returns the dict of :func:`sktt.dynamics.simulate` (``"loss"``,
-    ``"error"`` of shape (P, n_steps + 1), ``"diverged_at"``) plus
+    ``"error"``, ``"eval_loss"``, ``"eval_error"`` of shape (P, n_steps + 1)
+    or None, ``"diverged_at"``) plus
     ``"relinearize"``: the rule, the cut points, the kernel trace ratio and the
     relative kernel change (probe block, since the previous stage) at each,
+    the stability ratio of every stage (``w0`` first), the refused cuts
+    (step, ratio), the number of trust-region halvings (``"shortened"``),
     the number of kernel-change probes (adaptive rule), the largest change of
     the mean loss curve relative to the plain prediction (in units of L_0),
     and seconds.
@@ -376,7 +474,7 @@ def staged_curves(est, setting):
     plain = est._simulate(recipe)
     info = {"stages": k, "rule": "geometric" if tol is None else "adaptive", "tolerance": tol,
             "cut_points": [], "kernel_trace_ratios": [], "kernel_changes": [], "probes": 0,
-            "shortened": 0,
+            "shortened": 0, "stage_stability_ratios": [], "refused_cuts": [],
             "auto_kernel_level": auto_level, "curve_change": 0.0, "seconds": 0.0}
     if k == 0:
         plain["relinearize"] = info
@@ -393,18 +491,19 @@ def staged_curves(est, setting):
             moved = run.predicted_weights(start, t)
             return np.inf if moved is None else probe.change(_mean(moved[0], run.names))
 
-        start = 0
+        start, tried, stop_cutting = 0, 0, False
+        ratio = run.stability(run.kernel, run.problem.f0, 0)  # the current stage's
+        info["stage_stability_ratios"].append(ratio)
         while True:
-            n_cuts = len(info["cut_points"])
-            if n_cuts == k:
+            if tried == k or stop_cutting:
                 stop = T
             elif planned is not None:
-                stop = planned[n_cuts]
+                stop = planned[tried]
             else:
                 stop, probes = adaptive_cut(lambda t: change_at(start, t), start, T, tol)
                 info["probes"] += len(probes)
             while True:  # shorten a stage whose predicted end the network does not confirm
-                cut_at_end = stop == T and planned is not None and n_cuts < k
+                cut_at_end = stop == T and planned is not None and tried < k and not stop_cutting
                 last = stop == T and not cut_at_end
                 sims = run.run_stage(start, stop)
                 if last:
@@ -415,19 +514,32 @@ def staged_curves(est, setting):
                     break
                 stop = start + (stop - start) // 2
                 info["shortened"] += 1
-            run.keep(sims, start, last)
+            if last or moved is None or cut_at_end:
+                run.keep(sims, start, last)
             if last:
                 break
             if moved is None:
                 run.fill_diverged(stop)
                 break
-            info["cut_points"].append(stop)
+            tried += 1
             if cut_at_end:  # a cut after the last step: the real outputs at w_T only
+                info["cut_points"].append(stop)
                 for p, w in zip(run.paths, moved[0]):
                     p["w"] = w
                 run.real_end()
                 break
+            before = run.state()
             lin = run.relinearize(*moved)
+            new_ratio = run.stability(lin.kernel, lin.outputs, stop)
+            if new_ratio > 1.0 and run.rises(stop):  # past its own edge, and it shows
+                run.restore(before)
+                info["refused_cuts"].append((stop, new_ratio))
+                stop_cutting = planned is None  # adaptive: the same cut would come again
+                continue
+            run.keep(sims, start, False)
+            info["cut_points"].append(stop)
+            ratio = new_ratio
+            info["stage_stability_ratios"].append(ratio)
             block = lin.kernel.block(probe.sub)
             info["kernel_trace_ratios"].append(lin.trace / tr0)
             info["kernel_changes"].append(

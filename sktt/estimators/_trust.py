@@ -123,6 +123,9 @@ class TrustReport:
     relinearize : dict or None
         For a staged prediction (``relinearize``): ``stages``, ``cut_points``,
         ``kernel_trace_ratios`` (trace Θ at each cut point over trace Θ0),
+        ``stage_stability_ratios`` (each stage's stability ratio, w0 first),
+        ``refused_cuts`` ((step, ratio) of cuts past their own edge where the
+        linearised loss rises), ``shortened`` (trust-region halvings),
         ``curve_change`` (the largest change of the mean loss curve against
         the plain prediction, in units of L_0: a large change means the fixed
         kernel was unreliable), ``auto_kernel_level`` and ``seconds`` (see

@@ -178,6 +178,11 @@ class DenseKernel:
     def trace(self):
         return float(np.trace(self.ntk))
 
+    def without_eval(self):
+        """The same Θ without the held-out rows (no copy): what moves the weights."""
+        return self if self.cross is None else DenseKernel(self.ntk, self.n_outputs,
+                                                           eigh=self._eigh)
+
 
 class FactoredKernel:
     r"""Θ = J̃ J̃ᵀ kept as its rows J̃, optionally with held-out rows J̃_eval.
@@ -356,6 +361,14 @@ class FactoredKernel:
     def trace(self):
         return float(sum(np.square(np.asarray(self.rows[s:e], dtype=np.float64)).sum()
                          for s, e in self.row_blocks()))
+
+    def without_eval(self):
+        """The same rows without the held-out ones (no copy): what moves the weights."""
+        if self.eval_rows is None:
+            return self
+        out = FactoredKernel(self.rows, self.n_outputs, block_bytes=self.block_bytes)
+        out._eigh, out._lambda_max = self._eigh, self._lambda_max
+        return out
 
     def as_dense(self):
         """The equivalent :class:`DenseKernel` (Θ and the cross-kernel formed)."""
