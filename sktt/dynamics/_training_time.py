@@ -24,7 +24,7 @@ __all__ = ["check_eps", "check_threshold", "epsilon_training_time", "threshold_t
            "smooth_curve", "training_times"]
 
 _BOUND_TOLERANCE = 1e-9  # relative slack on a lower bound (round-off of its dot products)
-_CHUNK = 16  # steps computed together while searching (one blocked pass over the rows)
+_CHUNK = (16, 256)  # steps computed together while searching: first, then doubling up to
 
 
 def check_eps(eps):
@@ -95,11 +95,15 @@ def _first_qualifying(lower, may_qualify, qualifies, evaluate):
     value ≥ its bound. Returns -1 when no step qualifies.
     """
     candidates = np.flatnonzero(may_qualify(lower))
-    for i in range(0, len(candidates), _CHUNK):
-        steps = candidates[i:i + _CHUNK]
+    # one blocked pass over the rows per chunk: doubling the chunk after each miss keeps the
+    # passes few when many steps must be computed, and the overshoot under 2x
+    start, size = 0, _CHUNK[0]
+    while start < len(candidates):
+        steps = candidates[start:start + size]
         ok = qualifies(evaluate(steps))
         if ok.any():
             return int(steps[np.argmax(ok)])
+        start, size = start + size, min(2 * size, _CHUNK[1])
     return -1
 
 
