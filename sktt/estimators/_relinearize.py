@@ -28,7 +28,10 @@ rest of the learning-rate schedule. No optimiser step is taken on the data.
   gradient descent, term for term (momentum, dampening, Nesterov, weight
   decay); for a model linear in its parameters every stage has the same
   kernel and the staged prediction equals the plain one (both to round-off;
-  ``tests/test_relinearize.py``).
+  ``tests/test_relinearize.py``) -- with the exact kernel: with a projection
+  the stages move the weights by the exact :math:`J^\top c` while the
+  dynamics use the sketched kernel, so they differ by the sketch's error
+  (docs/trust.rst).
 * Cut points (:func:`stage_boundaries`, the default) are geometric,
   :math:`t_j = \mathrm{round}(T^{j/(k+1)})` made strictly increasing: most
   re-linearisations early. With ``relinearize_tol`` they are adaptive
