@@ -173,11 +173,11 @@ class FactoredCurves(MutableMapping):
 
     # -- partial evaluation ----------------------------------------------------------------------
     def _has(self, side):
-        if side == "eval":
-            return self.problem.n_eval > 0
-        return True
+        """Whether the run has rows on ``side`` ("train" always; "eval" with held-out rows)."""
+        return side == "train" or self.problem.n_eval > 0
 
     def _side(self, key):
+        """``"eval_loss"`` → ``("eval", "loss")``; ``"loss"`` → ``("train", "loss")``."""
         side = "eval" if key.startswith("eval_") else "train"
         metric = key[5:] if side == "eval" else key
         return side, metric
