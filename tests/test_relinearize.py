@@ -201,6 +201,8 @@ def test_auto_pays_nothing_on_a_good_case(monkeypatch):
     (dict(relinearize="often"), r"relinearize='often'; accepted"),
     (dict(relinearize=2, refresh_steps=3), r"use one of them"),
     (dict(relinearize=2, solver="ode"), r"needs solver='discrete'"),
+    (dict(relinearize=2, optimizer="adamw", lr=1e-3),
+     r"relinearize is not supported with optimizer='adamw' \(yet\).*refresh_steps"),
 ])
 def test_bad_relinearize(cnn_data, params, match):
     X, y = cnn_data

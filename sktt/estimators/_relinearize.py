@@ -464,6 +464,12 @@ def staged_curves(est, setting):
     and seconds.
     """
     recipe = setting.recipe
+    if recipe.is_adamw:
+        raise ValueError("relinearize is not supported with optimizer='adamw' (yet): its stages "
+                         "move the weights by SGD's recursion in function space "
+                         "(dynamics/_displacement.py), which has no AdamW counterpart. Use "
+                         "refresh_steps (real AdamW steps, then re-linearisation) or "
+                         "relinearize=None.")
     if recipe.resolved_solver != "discrete":
         raise ValueError(f"relinearize continues the exact simulation from predicted weights; "
                          f"it needs solver='discrete' (or 'auto'), not solver={recipe.solver!r}.")
