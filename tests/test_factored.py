@@ -23,7 +23,7 @@ RECIPES = {
     "weight_decay": dict(lr=0.3, momentum=0.5, weight_decay=0.05, batch_size=8),
     "nesterov": dict(lr=0.2, momentum=0.8, nesterov=True, batch_size=8),
     "dampening": dict(lr=0.2, momentum=0.8, dampening=0.3, batch_size=8),
-    "schedule": dict(lr=0.5, lr_schedule=list(np.linspace(0.5, 0.05, 40)), batch_size=8),
+    "schedule": dict(lr=0.5, lr_schedule=True, batch_size=8),
     "gd_wd_nesterov": dict(lr=0.3, momentum=0.7, nesterov=True, weight_decay=0.02),
 }
 
@@ -52,20 +52,29 @@ def _problem(rng, n, c, n_eval, loss, d):
     return problem, dense, factored
 
 
+def _recipe_and_batches(rng, name, n, T, n_paths):
+    """The recipe ``RECIPES[name]`` over T steps (a schedule decays 0.5 → 0.05 over them) and,
+    for minibatches, ``n_paths`` random batch sequences."""
+    params = dict(RECIPES[name])
+    schedule = None
+    if params.pop("lr_schedule", False):  # a linear decay over the T steps
+        schedule = list(np.linspace(0.5, 0.05, T))
+    recipe = TrainingRecipe.from_params(dict(n_steps=T, solver="discrete", **params),
+                                        learning_rates=schedule)
+    batches = None
+    if recipe.batch_size is not None:
+        batches = check_batches([np.stack([rng.choice(n, recipe.batch_size, replace=False)
+                                           for _ in range(n_paths)]) for _ in range(T)], n, T)
+    return recipe, batches
+
+
 @pytest.mark.parametrize("name", sorted(RECIPES))
 @pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
 def test_factored_simulation_equals_dense(name, loss):
     rng = np.random.default_rng(0)
     n, c, n_eval, d, T = 24, 3, 7, 40, 40
     problem, dense, factored = _problem(rng, n, c, n_eval, loss, d)
-    params = dict(RECIPES[name])
-    schedule = params.pop("lr_schedule", None)
-    recipe = TrainingRecipe.from_params(dict(n_steps=T, solver="discrete", **params),
-                                        learning_rates=schedule)
-    batches = None
-    if recipe.batch_size is not None:
-        batches = check_batches([np.stack([rng.choice(n, recipe.batch_size, replace=False)
-                                           for _ in range(3)]) for _ in range(T)], n, T)
+    recipe, batches = _recipe_and_batches(rng, name, n, T, n_paths=3)
     a = simulate(dense, problem, recipe, batches=batches)
     b = simulate(factored, problem, recipe, batches=batches)
     for key in ("loss", "error", "eval_loss", "eval_error"):
@@ -89,16 +98,7 @@ def test_bounded_training_times_equal_the_full_curves(name, loss):
     rng = np.random.default_rng(1)
     n, c, n_eval, d, T = 30, 3, 9, 40, 120
     problem, _, factored = _problem(rng, n, c, n_eval, loss, d)
-    params = dict(RECIPES[name])
-    schedule = params.pop("lr_schedule", None)
-    if schedule is not None:
-        schedule = list(np.linspace(0.5, 0.05, T))
-    recipe = TrainingRecipe.from_params(dict(n_steps=T, solver="discrete", **params),
-                                        learning_rates=schedule)
-    batches = None
-    if recipe.batch_size is not None:
-        batches = check_batches([np.stack([rng.choice(n, recipe.batch_size, replace=False)
-                                           for _ in range(4)]) for _ in range(T)], n, T)
+    recipe, batches = _recipe_and_batches(rng, name, n, T, n_paths=4)
     lazy = simulate(factored, problem, recipe, batches=batches)
     full = simulate(factored, problem, recipe, batches=batches)
     for key in ("loss", "eval_loss"):
