@@ -23,10 +23,10 @@ enters as :math:`\beta = e_A`). This is the same dynamics as the dense
 Cost. A step needs only the batch outputs
 :math:`F_B = F_{0,B} + \tilde J_B u + E_B a`: ``O(P·b·C·D0)`` instead of the
 dense ``O(P·b·C·N·C)``. The full-set loss and error at every step — what the
-curves are — are computed afterwards from the stored states
-:math:`z_0..z_T` by blocked matrix products over the rows,
-``O(N·C·D0·P·T)`` multiply-adds in float64 BLAS with ``O(block)`` memory.
-Gradient descent needs :math:`F` on every row at each step anyway
+curves are — are computed from the stored states :math:`z_0..z_T` when
+read, by blocked matrix products over the rows: ``O(N·C·D0)`` multiply-adds
+per path and step in float64 BLAS with ``O(block)`` memory, for the steps
+asked for only (:class:`FactoredCurves`). Gradient descent needs :math:`F` on every row at each step anyway
 (``O(N·C·D0)`` per step).
 
 Divergence is reported as the dense solver does (first step with a non-finite
@@ -294,8 +294,9 @@ class FactoredCurves(MutableMapping):
 def simulate_factored(kernel, problem, recipe, *, batches=None, momentum_buffer=None):
     """:func:`~sktt.dynamics.simulate_discrete` for a :class:`~sktt.gram.FactoredKernel`.
 
-    Same parameters and returns; the kernel's ``eval_rows`` carry the
-    held-out outputs of ``problem``.
+    Same parameters; the kernel's ``eval_rows`` carry the held-out outputs of
+    ``problem``. Returns a :class:`FactoredCurves`, the same mapping whose
+    curves are computed when read.
     """
     n, c = problem.f0.shape
     n_eval = problem.n_eval
