@@ -123,6 +123,27 @@ def test_bounded_training_times_equal_the_full_curves(name, loss):
                     rtol=1e-12)
 
 
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_refined_bounds_stay_below_the_curve(loss):
+    """Every anchor added by ``refine`` only raises the bounds, which stay below the exact
+    curve everywhere (weight decay and momentum: the state carries fixed directions) and
+    meet it at the anchors, on the training and the held-out loss."""
+    rng = np.random.default_rng(4)
+    problem, _, factored = _problem(rng, 30, 3, 9, loss, 40)
+    recipe, batches = _recipe_and_batches(rng, "weight_decay", 30, 150, n_paths=3)
+    lazy = simulate(factored, problem, recipe, batches=batches)
+    full = simulate(factored, problem, recipe, batches=batches)
+    for key in ("loss", "eval_loss"):
+        exact = np.asarray(full[key])
+        before = lazy.loss_lower_bounds(key).copy()
+        steps = rng.choice(151, 12, replace=False)
+        assert_allclose(lazy.refine(key, steps), exact[:, steps], rtol=1e-12)
+        after = lazy.loss_lower_bounds(key)
+        assert np.all(after >= before) and np.any(after > before + 1e-6)
+        assert np.all(after <= exact + 1e-10)
+        assert_allclose(after[:, steps], exact[:, steps], rtol=1e-10)
+
+
 def test_bounded_search_is_tight_on_a_smooth_curve():
     """Gradient descent: the bounds exclude all but a few steps before the crossing."""
     rng = np.random.default_rng(2)
@@ -135,7 +156,7 @@ def test_bounded_search_is_tight_on_a_smooth_curve():
     times = training_times(lazy, "loss", eps, kind="eps")[0]
     assert times == epsilon_training_time(curve, eps)
     computed = lazy._points("train")["known"].sum()
-    assert computed <= 33 + 2 * 16, computed  # the anchors and at most two chunks
+    assert computed <= 17 + 8 + 16, computed  # the anchors and at most two chunks
 
 
 def test_factored_curves_mapping_and_fallback():

@@ -12,9 +12,11 @@ Both need the curve only where it may qualify. Given lower bounds
 :math:`\ell_t \le L_t` (a factored run gives them for its loss curves by
 convexity, :class:`~sktt.dynamics._factored.FactoredCurves`), a step with
 :math:`\ell_t \ge L_T + \varepsilon` (or :math:`\ell_t > \tau`) cannot
-qualify, so :func:`training_times` computes the curve exactly only at the other
-steps, in increasing order, until one qualifies: the same time as the full
-curve gives, at a fraction of its cost when the bounds are tight.
+qualify, so :func:`training_times` computes the curve exactly only at some of
+the other steps, earliest first: each computed step's tangent plane tightens the
+bounds of its neighbours, which often rules them out uncomputed. It stops once
+every step before a qualifying one is computed or ruled out: the same time as
+the full curve gives, at a fraction of its cost when the bounds are tight.
 """
 
 import numpy as np
@@ -24,7 +26,8 @@ __all__ = ["check_eps", "check_threshold", "epsilon_training_time", "threshold_t
            "smooth_curve", "training_times"]
 
 _BOUND_TOLERANCE = 1e-9  # relative slack on a lower bound (round-off of its dot products)
-_CHUNK = (16, 256)  # steps computed together while searching: first, then doubling up to
+_CHUNK = (8, 256)  # steps computed together while searching: first, then doubling up to
+_SPREAD = 8  # of the open steps, every 8th is computed (its tangent plane covers the rest)
 
 
 def check_eps(eps):
@@ -88,33 +91,44 @@ def threshold_training_time(curve, threshold):
     return times[..., 0] if thr.ndim == 0 else times
 
 
-def _first_qualifying(lower, may_qualify, qualifies, evaluate):
-    """First step whose value qualifies, computing only the steps whose lower bound may.
+def _first_qualifying(bounds, may_qualify, qualifies, refine):
+    """First step whose value qualifies, computing only steps whose lower bound may qualify.
 
-    ``may_qualify(lower)`` must hold wherever ``qualifies(value)`` can, for any
+    ``bounds()`` gives the current lower bounds (T + 1,); ``refine(steps)`` the exact
+    values at ``steps``, and it may tighten later bounds (each computed step becomes an
+    anchor). ``may_qualify(lower)`` must hold wherever ``qualifies(value)`` can, for any
     value ≥ its bound. Returns -1 when no step qualifies.
+
+    Every step before the returned one is either computed (and fails) or has a bound
+    that rules it out: the time of the full curve.
     """
-    candidates = np.flatnonzero(may_qualify(lower))
-    # one blocked pass over the rows per chunk: doubling the chunk after each miss keeps the
-    # passes few when many steps must be computed, and the overshoot under 2x
-    start, size = 0, _CHUNK[0]
-    while start < len(candidates):
-        steps = candidates[start:start + size]
-        ok = qualifies(evaluate(steps))
+    n_points = len(bounds())
+    computed = np.zeros(n_points, dtype=bool)
+    found = n_points  # the first step known to qualify (none yet)
+    size = _CHUNK[0]
+    while True:
+        open_steps = np.flatnonzero(may_qualify(bounds()[:found]) & ~computed[:found])
+        if not open_steps.size:
+            return found if found < n_points else -1
+        # one blocked pass per chunk: the earliest open step and every _SPREAD-th after it,
+        # whose tangent planes then rule out most steps in between; the chunk doubles after
+        # each pass so that the passes stay few when many steps must be computed
+        steps = open_steps[::_SPREAD][:size]
+        ok = qualifies(refine(steps))
+        computed[steps] = True
         if ok.any():
-            return int(steps[np.argmax(ok)])
-        start, size = start + size, min(2 * size, _CHUNK[1])
-    return -1
+            found = int(steps[np.argmax(ok)])
+        size = min(2 * size, _CHUNK[1])
 
 
-def _bounded_time(lower, evaluate, last, value, kind):
+def _bounded_time(bounds, refine, last, value, kind):
     """T_ε (``kind="eps"``, ``last`` = L_T) or the threshold time of one curve from bounds."""
     slack = _BOUND_TOLERANCE * max(1.0, abs(last), abs(value))
     if kind == "eps":
-        return _first_qualifying(lower, lambda lb: lb < last + value + slack,
-                                 lambda v: np.abs(v - last) < value, evaluate)
-    return _first_qualifying(lower, lambda lb: lb <= value + slack, lambda v: v <= value,
-                             evaluate)
+        return _first_qualifying(bounds, lambda lb: lb < last + value + slack,
+                                 lambda v: np.abs(v - last) < value, refine)
+    return _first_qualifying(bounds, lambda lb: lb <= value + slack, lambda v: v <= value,
+                             refine)
 
 
 def training_times(curves, key, values, *, kind, smooth=None, per_path=False):
@@ -148,16 +162,16 @@ def training_times(curves, key, values, *, kind, smooth=None, per_path=False):
     bounded = (smooth is None and key in ("loss", "eval_loss")
                and getattr(curves, "certainly_finite", False))
     if bounded:
-        n_steps = curves.n_steps
-        lower = curves.loss_lower_bounds(key)  # (P, T + 1)
-        ends = curves.at(key, [0, n_steps])  # (P, 2)
+        ends = curves.at(key, [0, curves.n_steps])  # (P, 2)
         first, last = ends.mean(axis=0)
-        times = np.array([_bounded_time(lower.mean(axis=0),
-                                        lambda s: curves.at(key, s).mean(axis=0), last, v, kind)
+        times = np.array([_bounded_time(lambda: curves.loss_lower_bounds(key).mean(axis=0),
+                                        lambda s: curves.refine(key, s).mean(axis=0), last, v,
+                                        kind)
                           for v in flat])
         path_times = None
         if per_path:
-            path_times = np.array([[_bounded_time(lower[p], lambda s, p=p: curves.at(key, s)[p],
+            path_times = np.array([[_bounded_time(lambda p=p: curves.loss_lower_bounds(key)[p],
+                                                  lambda s, p=p: curves.refine(key, s)[p],
                                                   ends[p, 1], v, kind) for v in flat]
                                    for p in range(curves.n_paths)])
     else:
