@@ -134,14 +134,20 @@ def _backward_deltas(out, calls):
                                   dtype=c.output.dtype, device=c.output.device)
     if not live:
         return
-    grads = [[] for _ in live]
+    # Each pass's gradients are copied into their slot at once and released, so the next
+    # pass reuses their memory (stacking C lists at the end held twice the bytes).
+    for call in live:
+        call.delta = torch.empty(call.output.shape[0], n_out, *call.output.shape[1:],
+                                 dtype=call.output.dtype, device=call.output.device)
     for k in range(n_out):
         g = torch.autograd.grad(out[:, k].sum(), [c.output for c in live],
                                 retain_graph=k < n_out - 1, allow_unused=True)
-        for store, gk, call in zip(grads, g, live):
-            store.append(torch.zeros_like(call.output) if gk is None else gk)
-    for call, store in zip(live, grads):
-        call.delta = torch.stack(store, dim=1)
+        for gk, call in zip(g, live):
+            if gk is None:
+                call.delta[:, k].zero_()
+            else:
+                call.delta[:, k].copy_(gk)
+        del g, gk
 
 
 def layerwise_chunk(model, plan, x, *, names=None):

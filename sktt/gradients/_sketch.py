@@ -62,7 +62,9 @@ def _explicit_sketch(projector, block, shape, parts, target):
     d = math.prod(shape)
     if projector.kind != "tensorsketch" or target.dtype != _dtype_of(parts[0]):
         g = sum_dense(parts)
-        projector.project(block, g.reshape(-1, d), target, shape=shape)
+        # a sum or a product of factors is a fresh temporary: signed in place
+        fresh = len(parts) > 1 or isinstance(parts[0], Factored)
+        projector.project(block, g.reshape(-1, d), target, shape=shape, scratch=fresh)
         return
     # The tensorsketch sign s1(o)·s2(k) is rank one: fold it into the factors before
     # the product instead of multiplying the (much larger) gradient afterwards.
