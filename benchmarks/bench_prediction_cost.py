@@ -290,7 +290,8 @@ def _child(args, model, phase, n_samples, extra=()):
            "--projection", args.projection, "--projection-dim", str(args.projection_dim),
            "--jacobian-method", args.jacobian_method, "--max-memory", args.max_memory,
            "--reference-samples", str(args.reference_samples), "--loss", args.loss,
-           *(["--trust-check"] if args.trust_check else []), *extra]
+           *(["--trust-check"] if args.trust_check else []),
+           *(["--profile", args.profile] if args.profile and phase == "predict" else []), *extra]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode != 0:
@@ -328,7 +329,8 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--loss", default="cross_entropy", help=argparse.SUPPRESS)
     p.add_argument("--profile", default=None,
-                   help="with --phase predict: write cProfile statistics of the timed part here")
+                   help="write cProfile statistics of the timed prediction here (of the last "
+                        "model's)")
     p.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     p.add_argument("--model", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -78,6 +78,11 @@ LAMBDA_GROWTH = 2.0     # λ_max ratio at/above: at least "doubtful"
 STABILITY = {"cross_entropy": (3.0, 5.0), "mse": (0.5, 1.0)}  # "doubtful", "unreliable"
 _N_PROBE_SAMPLES = 12  # samples whose kernel block is recomputed at w_T
 _PROBE_SEED = 9  # coordinate of derive_seed for the probe subset
+# Samples per forward/backward pass of the displacement's vector-Jacobian product: one
+# graph of this size is reused chunk after chunk (one graph of all 150 samples of the
+# residual convnet in benchmarks/bench_prediction_cost.py took 1.45-1.69 s in fresh
+# memory, chunks of 38 samples 1.12-1.34 s).
+_VJP_CHUNK = 32
 LEVELS = ("ok", "doubtful", "unreliable")
 SUGGESTED_REFRESH = 10
 
@@ -277,7 +282,7 @@ def compute_trust(est, recipe):
                            group_displacement={}, direction="unknown", settings=settings,
                            seconds=time.perf_counter() - start)
     with model_untouched(est.model):
-        op0 = _operator(est)
+        op0 = _operator(est, chunk_size=_VJP_CHUNK)
         delta = op0.vjp(coef)
         w0 = op0.params
         # w_T − w0 = Jᵀc + α·w0 (α ≠ 0 with weight decay: _displacement)

@@ -143,7 +143,7 @@ class BlockProjector:
             raise ValueError(f"flat_hash is defined for sparse kinds, not kind={self.kind!r}.")
         return self._cached(("flat", block, d, dtype, str(device)), make)
 
-    def project(self, block, columns, out=None, *, shape=None):
+    def project(self, block, columns, out=None, *, shape=None, scratch=False):
         """Add ``columns @ R_block`` to ``out`` and return it.
 
         Parameters
@@ -157,6 +157,10 @@ class BlockProjector:
         shape : tuple of int, optional
             Shape of the parameter; required by ``"tensorsketch"`` (its hash
             factors over the first axis), ignored by the other kinds.
+        scratch : bool, default=False
+            ``columns`` is a temporary the caller no longer needs: sparse kinds
+            apply their signs to it in place (the same numbers, without a
+            second copy of a large block).
         """
         rows, d = columns.shape
         if out is None:
@@ -168,10 +172,11 @@ class BlockProjector:
                                      "pass shape=param.shape to project().")
                 shape = (d,)
             bucket, sign = self.flat_hash(block, shape, columns.dtype, columns.device)
+            signed = columns.mul_(sign) if scratch else columns * sign
             if out.dtype == columns.dtype:
-                return out.index_add_(1, bucket, columns * sign)
+                return out.index_add_(1, bucket, signed)
             sketch = torch.zeros(rows, self.dim, dtype=columns.dtype, device=columns.device)
-            sketch.index_add_(1, bucket, columns * sign)
+            sketch.index_add_(1, bucket, signed)
             out += sketch.to(out.dtype)
             return out
         for tile, start in enumerate(range(0, d, self.tile_rows)):

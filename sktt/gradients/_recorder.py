@@ -30,7 +30,8 @@ __all__ = ["ChunkGradients", "layerwise_chunk", "probe_forward"]
 
 # --------------------------------------------------------------------------- capture
 class _Call:
-    """One call of a supported module: its inputs, output and (later) output gradients."""
+    """One call of a supported module: its inputs, output and (later) output gradients
+    (``delta``: one tensor per model output)."""
 
     __slots__ = ("module", "inputs", "in_grad_fns", "output", "in_versions", "out_version",
                  "delta")
@@ -125,23 +126,18 @@ def probe_forward(model, x, modules, count_bytes=False):
 
 # --------------------------------------------------------------------------- one chunk
 def _backward_deltas(out, calls):
-    """Output gradients of every call for every output c: sets ``call.delta`` (n, C, ...)."""
+    """Output gradients of every call for every output c: sets ``call.delta``, a list of C
+    tensors shaped like the call's output (kept as the backward passes return them: the
+    rules stack them only where a product needs it, :mod:`._layer_rules`)."""
     n_out = out.shape[1]
     live = [c for c in calls if c.output.requires_grad]
     for c in calls:
-        if not c.output.requires_grad:
-            c.delta = torch.zeros(c.output.shape[0], n_out, *c.output.shape[1:],
-                                  dtype=c.output.dtype, device=c.output.device)
-    if not live:
-        return
-    grads = [[] for _ in live]
-    for k in range(n_out):
+        c.delta = [] if c.output.requires_grad else [torch.zeros_like(c.output)] * n_out
+    for k in range(n_out if live else 0):
         g = torch.autograd.grad(out[:, k].sum(), [c.output for c in live],
                                 retain_graph=k < n_out - 1, allow_unused=True)
-        for store, gk, call in zip(grads, g, live):
-            store.append(torch.zeros_like(call.output) if gk is None else gk)
-    for call, store in zip(live, grads):
-        call.delta = torch.stack(store, dim=1)
+        for gk, call in zip(g, live):
+            call.delta.append(torch.zeros_like(call.output) if gk is None else gk)
 
 
 def layerwise_chunk(model, plan, x, *, names=None):

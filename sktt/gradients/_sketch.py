@@ -32,6 +32,12 @@ _SEC_MAC = 1 / 30e9
 _SEC_SKETCH = 4.5e-9
 _SEC_FFT = 8e-9
 
+# Temporaries of one sub-chunk of samples in :func:`sketch_block`: a few MiB keep the
+# per-sample gradients in cache from their product to their sketch (the residual convnet
+# of benchmarks/bench_prediction_cost.py, whose widest layers have 64 positions: the
+# products took 1.36 s with 8 MiB, 1.64 s with whole chunks of 19 samples).
+_STEP_BYTES = 8 * 2**20
+
 # --------------------------------------------------------------------------- sketches
 def _rows_of(rep):
     return max(rep.left.shape[1], rep.right.shape[1]) if isinstance(rep, Factored) else \
@@ -62,7 +68,9 @@ def _explicit_sketch(projector, block, shape, parts, target):
     d = math.prod(shape)
     if projector.kind != "tensorsketch" or target.dtype != _dtype_of(parts[0]):
         g = sum_dense(parts)
-        projector.project(block, g.reshape(-1, d), target, shape=shape)
+        # a sum or a product of factors is a fresh temporary: signed in place
+        fresh = len(parts) > 1 or isinstance(parts[0], Factored)
+        projector.project(block, g.reshape(-1, d), target, shape=shape, scratch=fresh)
         return
     # The tensorsketch sign s1(o)·s2(k) is rank one: fold it into the factors before
     # the product instead of multiplying the (much larger) gradient afterwards.
@@ -86,7 +94,8 @@ def _dtype_of(rep):
 def sketch_block(projector, block, shape, reps, out, *, use_fft, work_bytes):
     """Add the projection of one parameter's per-sample gradients to ``out`` (n·C, dim).
 
-    Samples are taken in sub-chunks whose temporaries fit ``work_bytes``.
+    Samples are taken in sub-chunks whose temporaries fit ``work_bytes`` (and, for explicit
+    gradients, a few MiB: ``_STEP_BYTES``); the rows do not depend on the sub-chunks.
     """
     if not reps:
         return out
@@ -100,6 +109,7 @@ def sketch_block(projector, block, shape, reps, out, *, use_fft, work_bytes):
                          for r in reps) * (projector.dim + 2) * 3 * itemsize
     else:  # explicit gradients, their signed copy and the sketch
         per_sample = rows * (2 * d + projector.dim) * itemsize
+        work_bytes = min(work_bytes, _STEP_BYTES)
     step = int(max(1, min(n, work_bytes // max(per_sample, 1))))
     for start in range(0, n, step):
         sl = slice(start, min(start + step, n))
