@@ -104,6 +104,89 @@ def _curves(kernel, problem, F0, E, Z, *, eval_rows, gradient=False):
     return loss, error, grad
 
 
+_UNIT = 2.0 ** -24  # float32 unit round-off
+_SINGLE_INNER = 256  # terms of one float32 inner product of the outputs J̃u (then float64 sums)
+_SINGLE_ROWS = 2048  # rows of one float32 product of the gradient J̃ᵀg (then float64 sums)
+_SINGLE_RANGE = 1e30  # |F| below this: no float32 product can overflow
+
+
+def _gamma(n):
+    """Higham's γ_n for float32: |fl(x·y) − x·y| ≤ γ_n Σ|x_i||y_i| for n-term inner products
+    (two more terms cover rounding both operands to float32 first)."""
+    return n * _UNIT / (1 - n * _UNIT)
+
+
+def _single_precision_planes(kernel, problem, F0, E, Z, *, eval_rows):
+    r"""Mean loss and ∇_z L at every state of ``Z`` (M, D0 + k) from float32 products,
+    with bounds on what that changes: one blocked pass, about half the time of
+    :func:`_curves` with ``gradient=True`` (float32 BLAS and no float64 copy of the rows).
+
+    With :math:`\tilde F` the computed outputs, :math:`\tilde L = L(\tilde F)` and
+    :math:`\tilde g` the computed :math:`\tilde J^\top\nabla L(\tilde F)`:
+
+    * :math:`|\tilde F - F|_\infty \le e_F = \gamma_{258}\,\max_i|\tilde J_i|\,|u|`
+      (inner products of 256 float32 terms summed in float64, Cauchy–Schwarz);
+    * :math:`|\tilde L - L| \le e_L`: ``2 e_F`` for cross-entropy (each sample's loss is
+      2-Lipschitz in the sup norm), :math:`2\,\overline{|r|}\,e_F + e_F^2` for squared error;
+    * :math:`|\tilde g - \tilde J^\top\nabla L(\tilde F)|_2 \le e_g =
+      \gamma_{2050}\,\max|\nabla L|\,\|(\sum_i |\tilde J_{ij}|)_j\|_2`.
+
+    By convexity at :math:`\tilde F`, for every state z,
+    :math:`L(F(z)) \ge \tilde L + \langle\tilde g, z - z_a\rangle - \|\nabla L(\tilde F)\|_1 e_F
+    - e_g\,|(z - z_a)_{:D_0}|`: a valid tangent plane.
+
+    Returns
+    -------
+    loss, loss_error, plane_offset, gradient_error : ndarray of shape (M,)
+        :math:`\tilde L`, :math:`e_L`, :math:`\|\nabla L\|_1 e_F` and :math:`e_g`.
+    grad : ndarray of shape (M, D0 + k)
+    """
+    if eval_rows:
+        targets, n = problem.eval_targets, problem.n_eval
+    else:
+        targets, n = problem.targets, problem.f0.shape[0]
+    part = kernel.eval_rows if eval_rows else kernel.rows
+    offset = kernel.n_train_rows if eval_rows else 0
+    c, d, m = kernel.n_outputs, kernel.dim, Z.shape[0]
+    Z32 = Z[:, :d].astype(np.float32)
+    loss, grad = np.zeros(m), np.zeros(Z.shape)
+    grad_l1, grad_max, residual_l1 = np.zeros(m), np.zeros(m), np.zeros(m)
+    for s, e in kernel.row_blocks(width=m, eval_rows=eval_rows):
+        rows = np.asarray(part[s:e], dtype=np.float32)
+        out = np.zeros((m, e - s))
+        for j in range(0, d, _SINGLE_INNER):
+            out += Z32[:, j:j + _SINGLE_INNER] @ rows[:, j:j + _SINGLE_INNER].T
+        E_block = E[offset + s:offset + e]
+        if E.shape[1]:
+            out += Z[:, d:] @ E_block.T
+        F = out.reshape(m, -1, c) + F0[(offset + s) // c:(offset + e) // c][None]
+        sl = slice(s // c, e // c)
+        weight = (e - s) / c / n
+        value, g = loss_value_and_gradient(F, targets[sl], problem.loss)
+        loss += weight * value
+        if problem.loss == "mse":
+            residual_l1 += np.abs(F - targets[sl]).sum(axis=(1, 2))
+        g = weight * g.reshape(m, -1)
+        grad_l1 += np.abs(g).sum(axis=1)
+        grad_max = np.maximum(grad_max, np.abs(g).max(axis=1))
+        g32 = g.astype(np.float32)
+        for i in range(0, e - s, _SINGLE_ROWS):
+            grad[:, :d] += g32[:, i:i + _SINGLE_ROWS] @ rows[i:i + _SINGLE_ROWS]
+        grad[:, d:] += g @ E_block
+    output_error = (_gamma(_SINGLE_INNER + 2) * kernel.max_row_norm(eval_rows=eval_rows)
+                    * np.linalg.norm(Z[:, :d], axis=1))
+    if problem.loss == "mse":
+        loss_error = 2 * residual_l1 / (n * c) * output_error + output_error**2
+    else:
+        loss_error = 2 * output_error
+    # float64 round-off of the loss itself (sums over other blocks than an exact pass): a
+    # positive error sends near-ties to the exact computation even at z = 0
+    loss_error = loss_error + 1e-12 * np.maximum(np.abs(loss), 1.0)
+    gradient_error = (_gamma(_SINGLE_ROWS + 2) * grad_max
+                      * np.linalg.norm(kernel.abs_column_sums(eval_rows=eval_rows)))
+    return loss, loss_error, grad_l1 * output_error, gradient_error, grad
+
+
 class FactoredCurves(MutableMapping):
     r"""The curves of a sketch-space run, computed from its stored states when asked.
 
@@ -142,7 +225,9 @@ class FactoredCurves(MutableMapping):
         self._sides = {}  # "train" / "eval": computed points
         self._full = None
         self._extra = {}
-        self._finite = None
+        self._bound_on_outputs = None
+        self._norms = None
+        self._approx = {}  # side: float32 loss values at anchors and their error bounds
         self._bounds = {}  # side: (P, T + 1) loss lower bounds
         self._anchored = {}  # side: (T + 1,) bool, the anchors of those bounds
 
@@ -185,30 +270,35 @@ class FactoredCurves(MutableMapping):
         metric = key[5:] if side == "eval" else key
         return side, metric
 
-    @property
-    def certainly_finite(self):
-        """Whether every output of every stored state is below ``1e100`` in magnitude, so that
-        no loss can be non-finite (then no path diverges and the curves need no bookkeeping)."""
-        if self._finite is None:
+    def _output_bound(self):
+        """An upper bound on every |F| of every stored state (inf if a state is not finite)."""
+        if self._bound_on_outputs is None:
             Z = self.states
-            finite = bool(np.all(np.isfinite(Z)))
-            if finite:
+            bound = np.inf
+            if np.all(np.isfinite(Z)):
                 d = self.kernel.dim
                 u = np.linalg.norm(Z[..., :d], axis=-1).max()
                 a = np.linalg.norm(Z[..., d:], axis=-1).max() if Z.shape[-1] > d else 0.0
                 rows = max(self.kernel.max_row_norm(), self.kernel.max_row_norm(eval_rows=True))
                 e = np.linalg.norm(self.E, axis=1).max() if self.E.size else 0.0
                 bound = np.abs(self.F0).max() + rows * u + e * a
-                finite = bool(bound < self._FINITE_OUTPUTS)
-            self._finite = finite
-        return self._finite
+            self._bound_on_outputs = float(bound)
+        return self._bound_on_outputs
+
+    @property
+    def certainly_finite(self):
+        """Whether every output of every stored state is below ``1e100`` in magnitude, so that
+        no loss can be non-finite (then no path diverges and the curves need no bookkeeping)."""
+        return self._output_bound() < self._FINITE_OUTPUTS
 
     @property
     def computed_fraction(self):
-        """Share of the steps whose training loss has been computed (1 once the full curves are)."""
+        """Share of the steps whose training loss has been computed, exactly or as an anchor
+        (1 once the full curves are)."""
         if self._full is not None:
             return 1.0
-        return float(self._points("train")["known"].mean())
+        computed = self._points("train")["known"] | self._anchored.get("train", False)
+        return float(np.mean(computed))
 
     def _points(self, side):
         if side not in self._sides:
@@ -272,30 +362,68 @@ class FactoredCurves(MutableMapping):
         return self._bounds[side]
 
     def refine(self, key, steps):
-        """The loss curve ``key`` of every path at ``steps`` (P, S), computed with its
-        gradient so that each step becomes an anchor of :meth:`loss_lower_bounds` (twice
-        the products of :meth:`at`; free for steps already anchored)."""
+        """The loss curve ``key`` of every path at ``steps`` with error bars, each step made
+        an anchor of :meth:`loss_lower_bounds`.
+
+        Returns ``(values, errors)``, both (P, S): the loss lies within ``errors`` of
+        ``values`` (0 where it was computed exactly). The planes come from float32
+        products with rigorous round-off bounds (:func:`_single_precision_planes`),
+        unless the outputs could overflow them; free for steps already anchored.
+        """
         side = self._bounded_side(key)
         self.loss_lower_bounds(key)
         steps = np.asarray(steps, dtype=np.int64).reshape(-1)
         self._add_anchors(side, steps)
-        return self._points(side)["loss"][:, steps]
+        known = self._points(side)["known"][steps]
+        approx = self._approx[side]
+        values = np.where(known, self._points(side)["loss"][:, steps], approx["loss"][:, steps])
+        errors = np.where(known, 0.0, approx["error"][:, steps])
+        return values, errors
 
     def _add_anchors(self, side, steps):
         """Tangent planes at ``steps`` (one blocked pass for their loss and ∇_z L), folded
-        into the bounds: L(z_t) ≥ max_a (L_a − ⟨g_a, z_a⟩ + ⟨g_a, z_t⟩)."""
+        into the bounds: L(z_t) ≥ max_a (L_a − ⟨g_a, z_a⟩ + ⟨g_a, z_t⟩ − round-off terms)."""
         steps = np.unique(np.asarray(steps, dtype=np.int64))
         steps = steps[~self._anchored[side][steps]]
         if not steps.size:
             return
-        grad = self._evaluate(side, steps, gradient=True)  # (S, P, D0 + k)
-        loss = self._points(side)["loss"][:, steps].T  # (S, P)
-        offset = loss - np.einsum("spk,spk->sp", grad, self.states[steps])
+        shape = (len(steps), self.n_paths)
+        d = self.kernel.dim
+        if self._output_bound() < _SINGLE_RANGE:
+            flat = self.states[steps].reshape(-1, self.states.shape[-1])
+            with np.errstate(over="ignore", invalid="ignore"):
+                loss, loss_error, plane_offset, grad_error, grad = _single_precision_planes(
+                    self.kernel, self.problem, self.F0, self.E, flat, eval_rows=side == "eval")
+            loss, grad = loss.reshape(shape), grad.reshape(shape + (-1,))
+            approx = self._approx.setdefault(side, {
+                "loss": np.full((self.n_paths, self.n_steps + 1), np.nan),
+                "error": np.full((self.n_paths, self.n_steps + 1), np.nan)})
+            approx["loss"][:, steps] = loss.T
+            approx["error"][:, steps] = loss_error.reshape(shape).T
+            plane_offset, grad_error = plane_offset.reshape(shape), grad_error.reshape(shape)
+        else:  # float64 products: exact values, no round-off terms
+            grad = self._evaluate(side, steps, gradient=True)  # (S, P, D0 + k)
+            loss = self._points(side)["loss"][:, steps].T  # (S, P)
+            plane_offset = grad_error = np.zeros(shape)
+        offset = loss - plane_offset - np.einsum("spk,spk->sp", grad, self.states[steps])
         bounds = self._bounds[side]
+        norms = self._state_norms()
         for p in range(self.n_paths):  # every anchor's plane at every step: (S, T + 1)
-            planes = offset[:, p, None] + grad[:, p] @ self.states[:, p].T
+            states = self.states[:, p]
+            planes = offset[:, p, None] + grad[:, p] @ states.T
+            if np.any(grad_error[:, p]):  # − e_g·|(z_t − z_a)_{:D0}|
+                at = states[steps, :d]
+                sq = norms[p][None] + norms[p][steps, None] - 2 * at @ states[:, :d].T
+                planes -= grad_error[:, p, None] * np.sqrt(np.maximum(sq, 0.0))
             np.maximum(bounds[p], planes.max(axis=0), out=bounds[p])
         self._anchored[side][steps] = True
+
+    def _state_norms(self):
+        """|u_t|² of every path and step (P, T + 1), cached."""
+        if self._norms is None:
+            u = self.states[..., :self.kernel.dim]
+            self._norms = np.einsum("tpk,tpk->pt", u, u)
+        return self._norms
 
     def _compute_full(self):
         flat = self.states.reshape(-1, self.states.shape[-1])

@@ -91,13 +91,16 @@ def threshold_training_time(curve, threshold):
     return times[..., 0] if thr.ndim == 0 else times
 
 
-def _first_qualifying(bounds, may_qualify, qualifies, refine):
+def _first_qualifying(bounds, may_qualify, verdict, refine, evaluate):
     """First step whose value qualifies, computing only steps whose lower bound may qualify.
 
-    ``bounds()`` gives the current lower bounds (T + 1,); ``refine(steps)`` the exact
-    values at ``steps``, and it may tighten later bounds (each computed step becomes an
-    anchor). ``may_qualify(lower)`` must hold wherever ``qualifies(value)`` can, for any
-    value ≥ its bound. Returns -1 when no step qualifies.
+    ``bounds()`` gives the current lower bounds (T + 1,); ``refine(steps)`` values at
+    ``steps`` with error bars, ``(values, errors)``, and it may tighten later bounds (each
+    refined step becomes an anchor); ``verdict(values, errors)`` is +1 where the step
+    qualifies whatever its error, -1 where it cannot, 0 where the error decides, and
+    those steps are computed exactly by ``evaluate(steps)`` (their verdict at error 0).
+    ``may_qualify(lower)`` must hold wherever a value ≥ ``lower`` can qualify. Returns -1
+    when no step qualifies.
 
     Every step before the returned one is either computed (and fails) or has a bound
     that rules it out: the time of the full curve.
@@ -114,21 +117,34 @@ def _first_qualifying(bounds, may_qualify, qualifies, refine):
         # whose tangent planes then rule out most steps in between; the chunk doubles after
         # each pass so that the passes stay few when many steps must be computed
         steps = open_steps[::_SPREAD][:size]
-        ok = qualifies(refine(steps))
+        values, errors = refine(steps)
+        ok = verdict(values, errors)
+        unsure = ok == 0
+        if unsure.any():
+            exact = evaluate(steps[unsure])
+            ok[unsure] = verdict(exact, np.zeros_like(exact))
         computed[steps] = True
-        if ok.any():
-            found = int(steps[np.argmax(ok)])
+        if np.any(ok > 0):
+            found = int(steps[np.argmax(ok > 0)])
         size = min(2 * size, _CHUNK[1])
 
 
-def _bounded_time(bounds, refine, last, value, kind):
+def _bounded_time(bounds, refine, evaluate, last, value, kind):
     """T_ε (``kind="eps"``, ``last`` = L_T) or the threshold time of one curve from bounds."""
     slack = _BOUND_TOLERANCE * max(1.0, abs(last), abs(value))
     if kind == "eps":
-        return _first_qualifying(bounds, lambda lb: lb < last + value + slack,
-                                 lambda v: np.abs(v - last) < value, refine)
-    return _first_qualifying(bounds, lambda lb: lb <= value + slack, lambda v: v <= value,
-                             refine)
+        def verdict(v, err):  # |L − L_T| < ε for every L within err of v (and round-off)
+            dist, err = np.abs(v - last), np.where(err > 0, err + slack, 0.0)
+            return np.where(dist + err < value, 1, np.where(dist - err >= value, -1, 0))
+
+        return _first_qualifying(bounds, lambda lb: lb < last + value + slack, verdict,
+                                 refine, evaluate)
+
+    def verdict(v, err):  # L ≤ τ for every L within err of v (and round-off)
+        err = np.where(err > 0, err + slack, 0.0)
+        return np.where(v + err <= value, 1, np.where(v - err > value, -1, 0))
+
+    return _first_qualifying(bounds, lambda lb: lb <= value + slack, verdict, refine, evaluate)
 
 
 def training_times(curves, key, values, *, kind, smooth=None, per_path=False):
@@ -164,16 +180,22 @@ def training_times(curves, key, values, *, kind, smooth=None, per_path=False):
     if bounded:
         ends = curves.at(key, [0, curves.n_steps])  # (P, 2)
         first, last = ends.mean(axis=0)
+
+        def mean_refine(steps):
+            values, errors = curves.refine(key, steps)
+            return values.mean(axis=0), errors.mean(axis=0)
+
         times = np.array([_bounded_time(lambda: curves.loss_lower_bounds(key).mean(axis=0),
-                                        lambda s: curves.refine(key, s).mean(axis=0), last, v,
-                                        kind)
+                                        mean_refine, lambda s: curves.at(key, s).mean(axis=0),
+                                        last, v, kind)
                           for v in flat])
         path_times = None
         if per_path:
-            path_times = np.array([[_bounded_time(lambda p=p: curves.loss_lower_bounds(key)[p],
-                                                  lambda s, p=p: curves.refine(key, s)[p],
-                                                  ends[p, 1], v, kind) for v in flat]
-                                   for p in range(curves.n_paths)])
+            path_times = np.array([[_bounded_time(
+                lambda p=p: curves.loss_lower_bounds(key)[p],
+                lambda s, p=p: tuple(a[p] for a in curves.refine(key, s)),
+                lambda s, p=p: curves.at(key, s)[p], ends[p, 1], v, kind)
+                for v in flat] for p in range(curves.n_paths)])
     else:
         paths = np.asarray(curves[key], dtype=np.float64)
         with np.errstate(invalid="ignore"):  # diverged paths hold inf

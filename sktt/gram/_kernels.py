@@ -225,7 +225,7 @@ class FactoredKernel:
         self.block_bytes = int(block_bytes)
         self._eigh = None
         self._lambda_max = None
-        self._row_norms = {}
+        self._row_norms = {}  # cached norms of the rows (train / eval)
 
     @property
     def n_train_rows(self):
@@ -259,6 +259,18 @@ class FactoredKernel:
                 block = np.asarray(part[s:e], dtype=np.float64)
                 norm = max(norm, float(np.sqrt(np.einsum("ij,ij->i", block, block).max())))
             self._row_norms[key] = norm
+        return self._row_norms[key]
+
+    def abs_column_sums(self, *, eval_rows=False):
+        """Σ_i |J̃_ij| for every column j, (D0,) float64 (J̃ or J̃_eval), cached: it bounds the
+        round-off of a single-precision product J̃ᵀg by max|g|·Σ_i |J̃_ij|."""
+        key = "eval_abs" if eval_rows else "train_abs"
+        if key not in self._row_norms:
+            part = self.eval_rows if eval_rows else self.rows
+            sums = np.zeros(self.dim)
+            for s, e in self.row_blocks(eval_rows=eval_rows):
+                sums += np.abs(np.asarray(part[s:e])).sum(axis=0, dtype=np.float64)
+            self._row_norms[key] = sums
         return self._row_norms[key]
 
     def gather(self, idx):
