@@ -26,7 +26,9 @@ dense ``O(P·b·C·N·C)``. The full-set loss and error at every step — what t
 curves are — are computed from the stored states :math:`z_0..z_T` when
 read, by blocked matrix products over the rows: ``O(N·C·D0)`` multiply-adds
 per path and step in float64 BLAS with ``O(block)`` memory, for the steps
-asked for only (:class:`FactoredCurves`). Gradient descent needs :math:`F` on every row at each step anyway
+asked for only (:class:`FactoredCurves`). The T_ε search's tangent planes use
+float32 products with rigorous round-off bounds instead (about half the time).
+Gradient descent needs :math:`F` on every row at each step anyway
 (``O(N·C·D0)`` per step).
 
 Divergence is reported as the dense solver does (first step with a non-finite
@@ -210,7 +212,11 @@ class FactoredCurves(MutableMapping):
     one more blocked product per anchor. Anchors start every ``T/16`` steps, and
     :meth:`refine` adds one at every step it computes; each step takes the largest
     of the planes of all anchors (a ``(S, D0) × (D0, T + 1)`` product per path for
-    S new anchors, negligible beside the blocked passes).
+    S new anchors, negligible beside the blocked passes). The planes' products run
+    in float32 on the stored rows, with round-off terms that keep them lower
+    bounds (:func:`_single_precision_planes`); their loss values come with error
+    bars, and the search computes a value exactly (float64) only where its error
+    bar straddles the threshold.
     """
 
     _CURVES = ("loss", "error", "eval_loss", "eval_error")
