@@ -207,8 +207,9 @@ class JacobianFeatures(TransformerMixin, BaseEstimator):
         with model_untouched(self.model) as model:
             inputs, targets = as_inputs(X, y, float_dtype=dtype)
             inputs = inputs.bind_output(check_output(self.output))
-            if resolve:  # C from the first sample; f0 comes with the rows
-                self.n_outputs_ = int(check_finite_outputs(first_outputs(model, inputs)).shape[1])
+            # C from the first sample (and a model that takes X); f0 comes with the rows
+            self.n_outputs_ = int(check_finite_outputs(first_outputs(model, inputs)).shape[1])
+            if resolve:
                 self._resolve_projection(n_samples_of(inputs), self.n_outputs_)
             rows, f0 = full_jacobian_rows(
                 model, inputs, names, n_outputs=self.n_outputs_, projection=self.projection_,
