@@ -57,6 +57,35 @@ def test_output_time_f0_matches_model(cnn_problem):
         assert_allclose(ttp.f0_, model.eval()(X).numpy(), rtol=1e-14)
 
 
+@pytest.mark.parametrize("jacobian_method", ["layerwise", "functorch"])
+@pytest.mark.parametrize("projection", [None, "countsketch"])
+def test_f0_from_the_extraction_matches_model(projection, jacobian_method):
+    """f0 comes with the Jacobian rows (each extraction chunk's forward pass), in float32
+    too: the plain eval-mode forward to round-off, the held-out outputs of a joint
+    extraction as well, and JacobianFeatures' outputs bit for bit (same chunks)."""
+    from sktt import JacobianFeatures
+
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(30, 1, 6, 6, generator=g)
+    X_val = torch.randn(7, 1, 6, 6, generator=g)
+    y, y_val = torch.randint(0, 3, (30,), generator=g), torch.randint(0, 3, (7,), generator=g)
+    model = tiny_cnn(dtype=torch.float32).train()
+    kw = dict(projection=projection, projection_dim=64, jacobian_method=jacobian_method,
+              random_state=0)
+    ttp = TrainingTimePredictor(model, trust_check=False, **kw).fit(X, y)
+    held = TrainingTimePredictor(model, trust_check=False, **kw).fit(
+        X, y, eval_set=(X_val, y_val))
+    rows = JacobianFeatures(model, **kw).fit_transform(X, y)
+    assert model.training  # the mode is the user's
+    with torch.no_grad():
+        plain, plain_val = model.eval()(X).double().numpy(), model(X_val).double().numpy()
+    for f0, ref in ((ttp.f0_, plain), (held.f0_, plain), (held.eval_f0_, plain_val),
+                    (rows.f0, plain)):
+        assert f0.dtype == np.float64 and f0.shape == ref.shape
+        assert_allclose(f0, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+    np.testing.assert_array_equal(rows.f0, ttp.f0_)
+
+
 @pytest.mark.parametrize("projection", ["achlioptas", "gaussian", "countsketch"])
 def test_projected_ntk_is_unbiased_and_error_falls_like_inverse_sqrt_dim(cnn_problem, projection):
     model, X, y = cnn_problem

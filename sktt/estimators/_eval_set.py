@@ -132,6 +132,9 @@ def joint_ntk(model, inputs, eval_inputs, names, *, n_outputs, max_memory, **ext
     rows : ndarray of shape (N·C, D0) or None
         Projected training rows (None for an exact Θ).
     cross : ndarray of shape (N·C, N_val·C)
+    outputs : ndarray of shape (N + N_val, C)
+        The model's outputs on the training then the held-out samples, from
+        the same extraction (``return_outputs`` of :func:`ntk_from_model`).
 
     Raises
     ------
@@ -150,12 +153,14 @@ def joint_ntk(model, inputs, eval_inputs, names, *, n_outputs, max_memory, **ext
             f"{rows_train + rows_val}×{rows_train + rows_val} float64 = {format_bytes(total)}, "
             f"more than max_memory={format_bytes(max_memory)}. Raise max_memory, use a smaller "
             "eval_set (a subsample of the validation set), or fit without eval_set.")
-    full, rows = ntk_from_model(model, concat_inputs(inputs, eval_inputs), names,
-                                n_outputs=n_outputs, max_memory=max_memory, **extraction)
+    full, rows, outputs = ntk_from_model(model, concat_inputs(inputs, eval_inputs), names,
+                                         n_outputs=n_outputs, max_memory=max_memory,
+                                         return_outputs=True, **extraction)
     ntk = np.ascontiguousarray(full[:rows_train, :rows_train])
     cross = np.ascontiguousarray(full[:rows_train, rows_train:])
     del full
-    return ntk, None if rows is None else np.ascontiguousarray(rows[:rows_train]), cross
+    return (ntk, None if rows is None else np.ascontiguousarray(rows[:rows_train]), cross,
+            outputs)
 
 
 def joint_rows(model, inputs, eval_inputs, names, *, n_outputs, **extraction):
@@ -168,11 +173,14 @@ def joint_rows(model, inputs, eval_inputs, names, *, n_outputs, **extraction):
     Returns
     -------
     rows, eval_rows : ndarray of shape (N·C, D0) and (N_val·C, D0), float32
+    outputs : ndarray of shape (N + N_val, C)
+        As for :func:`joint_ntk`.
     """
-    _, rows = ntk_from_model(model, concat_inputs(inputs, eval_inputs), names,
-                             n_outputs=n_outputs, form_ntk=False, **extraction)
+    _, rows, outputs = ntk_from_model(model, concat_inputs(inputs, eval_inputs), names,
+                                      n_outputs=n_outputs, form_ntk=False,
+                                      return_outputs=True, **extraction)
     split = n_samples_of(inputs) * n_outputs
-    return rows[:split], rows[split:]
+    return rows[:split], rows[split:], outputs
 
 
 class EvalSetMixin:

@@ -1,11 +1,14 @@
-"""Checks of the gradient-extraction parameters shared by the estimators that compute
-Jacobians (:class:`TrainingTimePredictor`, :class:`JacobianFeatures`)."""
+"""Checks of the gradient-extraction parameters and of the model's outputs, shared by
+the estimators that compute Jacobians (:class:`TrainingTimePredictor`,
+:class:`JacobianFeatures`)."""
+
+import numpy as np
 
 from ..gradients import JACOBIAN_METHODS
 from ..gradients._auto_projection import PROJECTION_CHOICES
 from ..utils import check_choice, check_int, check_n_jobs, parse_memory
 
-__all__ = ["check_extraction_params"]
+__all__ = ["check_extraction_params", "check_finite_outputs"]
 
 
 def check_extraction_params(est):
@@ -20,3 +23,11 @@ def check_extraction_params(est):
     check_choice("jacobian_method", est.jacobian_method, JACOBIAN_METHODS)
     check_n_jobs(est.n_jobs)
     return parse_memory("max_memory", est.max_memory)
+
+
+def check_finite_outputs(f0):
+    """``f0``, the model's outputs at the initial weights, after checking they are finite."""
+    if not np.all(np.isfinite(f0)):
+        raise ValueError("the model's outputs at the initial weights contain NaN or inf; "
+                         "a prediction needs finite outputs.")
+    return f0

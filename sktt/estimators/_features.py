@@ -25,17 +25,16 @@ import io
 import pickle
 import types
 
-import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ..gradients import as_inputs, model_outputs, n_samples_of, resolve_projection
+from ..gradients import as_inputs, first_outputs, n_samples_of, resolve_projection
 from ..gradients._outputs import check_output
 from ..gradients._full_rows import full_jacobian_rows
 from ..utils import root_seed
 from ..utils._torch import model_device_dtype, model_untouched, require_trainable
-from ._extraction_params import check_extraction_params
+from ._extraction_params import check_extraction_params, check_finite_outputs
 from ._rows import JacobianRows
 
 __all__ = ["JacobianFeatures"]
@@ -208,17 +207,16 @@ class JacobianFeatures(TransformerMixin, BaseEstimator):
         with model_untouched(self.model) as model:
             inputs, targets = as_inputs(X, y, float_dtype=dtype)
             inputs = inputs.bind_output(check_output(self.output))
-            f0 = model_outputs(model, inputs)
-            if not np.all(np.isfinite(f0)):
-                raise ValueError("the model's outputs at the initial weights contain NaN or inf; "
-                                 "a prediction needs finite outputs.")
+            # C from the first sample (and a model that takes X); f0 comes with the rows
+            self.n_outputs_ = int(check_finite_outputs(first_outputs(model, inputs)).shape[1])
             if resolve:
-                self._resolve_projection(*f0.shape)
-            rows = full_jacobian_rows(
-                model, inputs, names, n_outputs=f0.shape[1], projection=self.projection_,
+                self._resolve_projection(n_samples_of(inputs), self.n_outputs_)
+            rows, f0 = full_jacobian_rows(
+                model, inputs, names, n_outputs=self.n_outputs_, projection=self.projection_,
                 projection_dim=self.projection_dim, seed=self.seed_, chunk_size=self.chunk_size,
                 n_jobs=self.n_jobs, max_memory=max_memory, verbose=self.verbose,
-                jacobian_method=self.jacobian_method)
+                jacobian_method=self.jacobian_method, return_outputs=True)
+            check_finite_outputs(f0)
         self.n_outputs_ = int(f0.shape[1])
         return JacobianRows(rows, f0, None if targets is None else targets.numpy(),
                             n_params=self.n_params_, parameter_names=list(names),
@@ -243,8 +241,8 @@ class JacobianFeatures(TransformerMixin, BaseEstimator):
         _, dtype = model_device_dtype(self.model)
         with model_untouched(self.model) as model:
             inputs, _ = as_inputs(X, y, float_dtype=dtype)
-            first = inputs[:1].bind_output(check_output(self.output))
-            self.n_outputs_ = int(model_outputs(model, first).shape[1])
+            inputs = inputs.bind_output(check_output(self.output))
+            self.n_outputs_ = int(first_outputs(model, inputs).shape[1])
         self._resolve_projection(n_samples_of(inputs), self.n_outputs_)
         return self
 

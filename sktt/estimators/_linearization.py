@@ -19,7 +19,7 @@ import copy
 
 import torch
 
-from ..gradients import model_outputs, ntk_from_model
+from ..gradients import ntk_from_model
 from ..gradients._probes import JacobianOperator
 from ..gram import DenseKernel, FactoredKernel
 from ..utils import parse_memory
@@ -106,19 +106,19 @@ def linearize_at(est, model, *, held_out=False):
         from ._eval_set import concat_inputs, joint_ntk, joint_rows  # fit's joint extraction
 
         if factored:
-            train_rows, eval_rows = joint_rows(model, state["inputs"], est._eval_inputs,
-                                               state["names"], **extraction)
+            train_rows, eval_rows, outputs = joint_rows(model, state["inputs"],
+                                                        est._eval_inputs, state["names"],
+                                                        **extraction)
             kernel = FactoredKernel(train_rows, est.n_outputs_, eval_rows=eval_rows)
         else:
-            ntk, _, cross = joint_ntk(model, state["inputs"], est._eval_inputs, state["names"],
-                                      **extraction)
+            ntk, _, cross, outputs = joint_ntk(model, state["inputs"], est._eval_inputs,
+                                               state["names"], **extraction)
             kernel = DenseKernel(ntk, est.n_outputs_, cross=cross)
         rows = concat_inputs(state["inputs"], est._eval_inputs)
     else:
-        ntk, jacobian_rows = ntk_from_model(
+        ntk, jacobian_rows, outputs = ntk_from_model(
             model, state["inputs"], state["names"],
-            form_ntk=not factored, **extraction)
+            form_ntk=not factored, return_outputs=True, **extraction)
         kernel = est._make_kernel(ntk, jacobian_rows, est.n_outputs_)
-    outputs = model_outputs(model, rows)
     operator = JacobianOperator(model, state["names"], rows, chunk_size=est.chunk_size or 256)
     return Linearization(outputs, kernel, operator)

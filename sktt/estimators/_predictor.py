@@ -24,8 +24,7 @@ from ..dynamics import (LOSSES, LinearizedProblem, check_batches, check_eps, che
 from ..dynamics._displacement import max_curvature
 from ..exceptions import (DivergenceError, DivergenceWarning, EpsilonWarning,
                           LinearizationWarning, NotFittedError, ThresholdNotReachedError)
-from ..gradients import (as_inputs, model_outputs,
-                         ntk_from_model)
+from ..gradients import as_inputs, first_outputs, n_samples_of, ntk_from_model
 from ..gram import DenseKernel, FactoredKernel, check_ntk
 from ..training import measure_step_time
 from ..utils import check_choice, check_int, check_steps, derive_seed, parse_memory, root_seed
@@ -35,7 +34,7 @@ from ..gradients._auto_projection import resolve_projection
 from ..utils._torch import (model_device_dtype, model_untouched, require_trainable,
                             warn_model_assumptions)
 from ._eval_set import EvalSetMixin, check_eval_set, joint_ntk, joint_rows
-from ._extraction_params import check_extraction_params
+from ._extraction_params import check_extraction_params, check_finite_outputs
 from ._adamw import AdamWMixin
 from ._refresh import refreshed_curves
 from ._relinearize import staged_curves
@@ -53,6 +52,8 @@ METRICS = ("loss", "error")
 # The stability ratio (TrainingRecipe.stability_ratio) as messages name it; with
 # dampening, Nesterov or weight decay the recipe generalises the edge.
 _EDGE = "η·λ_max(HΘ)/(2(1+m))"
+_EVAL_OUTPUTS = ("the model's outputs on eval_set's X_val are not finite (N_val, C) values; "
+                 "a held-out prediction needs them.")
 
 
 class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator):
@@ -438,17 +439,18 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
             if y is None:
                 raise ValueError("y is None; accepted: targets of length n_samples, or a Dataset "
                                  "yielding (x, y) pairs as X.")
-            f0 = model_outputs(model, inputs)
-            if not np.all(np.isfinite(f0)):
-                raise ValueError("the model's outputs at the initial weights contain NaN or inf; "
-                                 "a prediction needs finite outputs.")
-            targets = check_targets(y.detach().cpu().numpy(), self.loss, f0.shape[1])
-            self._setting({}, n_samples=f0.shape[0])  # batch_size against N
+            # C from the first sample; f0 itself comes with the Jacobians, from the
+            # extraction's own forward passes (no separate pass over the samples)
+            n_outputs = check_finite_outputs(first_outputs(model, inputs)).shape[1]
+            n_samples = n_samples_of(inputs)
+            targets = check_targets(y.detach().cpu().numpy(), self.loss, n_outputs)
+            self._setting({}, n_samples=n_samples)  # batch_size against N
             self.projection_ = resolve_projection(  # "auto": exact when cheap (see there)
-                self.projection, n_rows=f0.size, n_params=sum(p.numel() for p in params),
+                self.projection, n_rows=n_samples * n_outputs,
+                n_params=sum(p.numel() for p in params),
                 projection_dim=self.projection_dim, jacobian_method=self.jacobian_method)
-            mode = self._ntk_mode(f0.size, max_memory, self.projection_)
-            extraction = dict(n_outputs=f0.shape[1], projection=self.projection_,
+            mode = self._ntk_mode(n_samples * n_outputs, max_memory, self.projection_)
+            extraction = dict(n_outputs=n_outputs, projection=self.projection_,
                               projection_dim=self.projection_dim, seed=seed,
                               chunk_size=self.chunk_size, n_jobs=self.n_jobs,
                               max_memory=max_memory, verbose=self.verbose,
@@ -456,21 +458,23 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
             eval_inputs = eval_f0 = eval_targets = cross = eval_rows = None
             if eval_set is not None:
                 eval_inputs, eval_targets = check_eval_set(
-                    eval_set, inputs, loss=self.loss, n_outputs=f0.shape[1], float_dtype=dtype)
-                eval_f0 = model_outputs(model, eval_inputs)
-                if eval_f0.shape[1] != f0.shape[1] or not np.all(np.isfinite(eval_f0)):
-                    raise ValueError("the model's outputs on eval_set's X_val are not finite "
-                                     "(N_val, C) values; a held-out prediction needs them.")
+                    eval_set, inputs, loss=self.loss, n_outputs=n_outputs, float_dtype=dtype)
+                if first_outputs(model, eval_inputs).shape[1] != n_outputs:
+                    raise ValueError(_EVAL_OUTPUTS)
                 if mode == "dense":
-                    ntk, rows, cross = joint_ntk(model, inputs, eval_inputs, names,
-                                                 **extraction)
+                    ntk, rows, cross, f0 = joint_ntk(model, inputs, eval_inputs, names,
+                                                     **extraction)
                 else:  # held-out rows are more rows of the same projection: no cross-kernel
                     ntk = None
-                    rows, eval_rows = joint_rows(model, inputs, eval_inputs, names,
-                                                 **extraction)
+                    rows, eval_rows, f0 = joint_rows(model, inputs, eval_inputs, names,
+                                                     **extraction)
+                f0, eval_f0 = check_finite_outputs(f0[:n_samples]), f0[n_samples:]
+                if not np.all(np.isfinite(eval_f0)):
+                    raise ValueError(_EVAL_OUTPUTS)
             else:
-                ntk, rows = ntk_from_model(model, inputs, names, form_ntk=mode == "dense",
-                                           **extraction)
+                ntk, rows, f0 = ntk_from_model(model, inputs, names, form_ntk=mode == "dense",
+                                               return_outputs=True, **extraction)
+                check_finite_outputs(f0)
             # the SDE's diagonal Σ needs the exact Jacobian once more (only when asked for)
             noise = fit_sde_noise(self, model, inputs, names, f0, targets, rows, max_memory)
         self._set_kernel(self._make_kernel(ntk, rows, f0.shape[1]), f0, targets)

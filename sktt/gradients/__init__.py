@@ -4,8 +4,9 @@ The only subpackage (with :mod:`sktt.datasets` and :mod:`sktt.validation`) that
 imports torch.
 """
 
-from ._extraction import (JACOBIAN_METHODS, group_parameters, jacobian_rows, model_outputs,
-                          ntk_from_model, plan_chunk_size, resolve_layerwise_plan)
+from ._extraction import (JACOBIAN_METHODS, first_outputs, group_parameters, jacobian_rows,
+                          model_outputs, ntk_from_model, plan_chunk_size,
+                          resolve_layerwise_plan)
 from ._inputs import ModelInputs, as_inputs, index_inputs, inputs_to, n_samples_of
 from ._jacobian import chunk_jacobian
 from ._outputs import call_model, select_logits
@@ -21,6 +22,7 @@ __all__ = [
     "as_inputs",
     "call_model",
     "chunk_jacobian",
+    "first_outputs",
     "index_inputs",
     "inputs_to",
     "group_parameters",

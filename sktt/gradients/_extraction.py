@@ -37,7 +37,7 @@ from ..utils import format_bytes
 from ..utils._torch import model_device_dtype
 from ._inputs import as_model_inputs, index_inputs, inputs_to, n_samples_of
 from ._jacobian import chunk_jacobian
-from ._outputs import select_logits
+from ._outputs import call_model, select_logits
 from ._parallel import (MIN_CHUNKS, cap_chunk_size, map_chunks, n_jobs_for_work,
                         n_workers_for)
 from ._factor_gram import concat_storage, dense_gram, factored_gram, to_storage
@@ -47,8 +47,8 @@ from ._recorder import layerwise_chunk
 from ._sketch import projected_rows
 from ._projection import BlockProjector
 
-__all__ = ["JACOBIAN_METHODS", "model_outputs", "jacobian_rows", "ntk_from_model",
-           "plan_chunk_size", "resolve_layerwise_plan"]
+__all__ = ["JACOBIAN_METHODS", "first_outputs", "model_outputs", "jacobian_rows",
+           "ntk_from_model", "plan_chunk_size", "resolve_layerwise_plan"]
 
 JACOBIAN_METHODS = ("auto", "layerwise", "functorch")
 _PROBE_SAMPLES = 3
@@ -92,6 +92,21 @@ def model_outputs(model, inputs, *, chunk_size=256, output=None):
         raise ValueError(f"the model returned {out.shape[0]} rows for {n} samples; the first "
                          "output axis must be the samples axis.")
     return out.numpy()
+
+
+def first_outputs(model, inputs):
+    """The outputs on the first sample, float64 ``(1, C)``: C and a first finiteness check
+    before the outputs of all samples come with the Jacobians (``return_outputs``).
+
+    A model that cannot be called on one sample alone is called on all of them
+    (:func:`model_outputs`): its error then describes the whole first chunk, or it
+    works and returns ``(N, C)``.
+    """
+    inputs = as_model_inputs(inputs)
+    try:
+        return model_outputs(model, index_inputs(inputs, slice(0, 1)))
+    except ValueError:
+        return model_outputs(model, inputs)
 
 
 def plan_chunk_size(n_samples, n_outputs, n_params, itemsize, max_memory):
@@ -189,13 +204,21 @@ def _layerwise_is_faster(model, names, probe, plan):
     return seconds["layerwise"] <= seconds["functorch"]
 
 
-def _chunk_rows(model, names, x, projector, threads, plan=None, work_bytes=None):
-    """Jacobian rows of one chunk: ``(n·C, D0)`` projected or ``(n·C, d_group)`` exact, float64."""
+def _chunk_rows(model, names, x, projector, threads, plan=None, work_bytes=None,
+                with_outputs=False):
+    """Jacobian rows of one chunk: ``(n·C, D0)`` projected or ``(n·C, d_group)`` exact, float64;
+    with ``with_outputs``, ``(rows, outputs)``: the model's outputs (n, C) as well, from the
+    layer-wise path's recording pass (one more forward pass on the ``torch.func`` path)."""
     _set_worker_threads(threads)
     device, _ = model_device_dtype(model)
     x = inputs_to(x, device)
     if plan is not None:
-        return _layerwise_chunk_rows(model, names, x, projector, plan, work_bytes)
+        rows = _layerwise_chunk_rows(model, names, x, projector, plan, work_bytes, with_outputs)
+        return _checked_outputs(rows, x) if with_outputs else rows
+    if with_outputs:
+        with torch.no_grad():
+            f = call_model(model, x).detach().to("cpu", torch.float64).numpy()
+        return _checked_outputs((_chunk_rows(model, names, x, projector, None), f), x)
     jac = chunk_jacobian(model, names, x)
     blocks = [jac[name].reshape(jac[name].shape[0] * jac[name].shape[1], -1) for name in names]
     if projector is None:
@@ -206,9 +229,19 @@ def _chunk_rows(model, names, x, projector, threads, plan=None, work_bytes=None)
     return out.to("cpu").numpy()
 
 
-def _layerwise_chunk_rows(model, names, x, projector, plan, work_bytes):
+def _checked_outputs(part, x):
+    """``part`` = (rows, outputs) of a chunk, after checking the outputs' samples axis."""
+    n = n_samples_of(x)
+    if part[1].shape[0] != n:
+        raise ValueError(f"the model returned {part[1].shape[0]} rows for {n} samples; the "
+                         "first output axis must be the samples axis.")
+    return part
+
+
+def _layerwise_chunk_rows(model, names, x, projector, plan, work_bytes, with_outputs=False):
     if projector is not None:
-        return projected_rows(model, plan, names, x, projector, work_bytes, chunk_jacobian)
+        return projected_rows(model, plan, names, x, projector, work_bytes, chunk_jacobian,
+                              with_outputs=with_outputs)
     fallback = [name for name in names if name not in plan.uses]
     reps = layerwise_chunk(model, plan, x, names=names)
     jac = chunk_jacobian(model, fallback, x) if fallback else {}
@@ -216,7 +249,10 @@ def _layerwise_chunk_rows(model, names, x, projector, plan, work_bytes):
     for name in names:
         g = sum_dense(reps.pop(name)) if name in reps else jac.pop(name)
         blocks.append(g.reshape(g.shape[0] * g.shape[1], -1).to("cpu", torch.float64))
-    return torch.cat(blocks, dim=1).numpy()
+    rows = torch.cat(blocks, dim=1).numpy()
+    if with_outputs:
+        return rows, reps.outputs.to("cpu", torch.float64).numpy()
+    return rows
 
 
 def _chunks(inputs, chunk_size):
@@ -249,15 +285,21 @@ def disk_rows(shape, dtype, directory=None):
 
 
 def _parallel_rows(model, names, inputs, projector, chunk_size, n_jobs, verbose, plan=None,
-                   work_bytes=None, out_dtype=None, out=None):
+                   work_bytes=None, out_dtype=None, out=None, outputs=None):
     """Rows of every chunk; with ``out_dtype``, written chunk by chunk into one
     preallocated array of that dtype (``out`` if given, e.g. a memmap), so no list
-    of float64 chunks is ever kept."""
-    func_args = (model, names, projector, plan, work_bytes)
-    if out_dtype is None:
-        return np.concatenate(_parallel_map(_chunk_rows_task, func_args, inputs, chunk_size,
-                                            n_jobs, verbose))
+    of float64 chunks is ever kept. ``outputs`` (N, C), if given, receives the
+    model's outputs chunk by chunk."""
+    func_args = (model, names, projector, plan, work_bytes, outputs is not None)
     n = n_samples_of(inputs)
+
+    def rows_of(part, start):
+        return part if outputs is None else _stored_part(part, outputs, start)
+
+    if out_dtype is None:
+        parts = _parallel_map(_chunk_rows_task, func_args, inputs, chunk_size, n_jobs, verbose)
+        return np.concatenate([rows_of(part, start)
+                               for start, part in zip(range(0, n, chunk_size), parts)])
     starts = list(range(0, n, chunk_size))
     group = max(1, n_workers_for(n_jobs, len(starts))) * 4  # chunks in flight at a time
     bar = None
@@ -272,6 +314,7 @@ def _parallel_rows(model, names, inputs, projector, chunk_size, n_jobs, verbose,
             parts = map_chunks(_chunk_rows_task, chunks, *func_args, n_jobs=n_jobs,
                                verbose=max(0, verbose - 1))
             for start, part in zip(mine, parts):
+                part = rows_of(part, start)
                 n_out = part.shape[0] // min(chunk_size, n - start)
                 if out is None:
                     out = np.empty((n * n_out, part.shape[1]), dtype=out_dtype)
@@ -285,13 +328,21 @@ def _parallel_rows(model, names, inputs, projector, chunk_size, n_jobs, verbose,
     return out
 
 
-def _chunk_rows_task(x, model, names, projector, plan, work_bytes):
-    return _chunk_rows(model, names, x, projector, None, plan, work_bytes)
+def _stored_part(part, outputs, start):
+    """The result of a chunk's ``(result, outputs)``, its outputs written into the
+    ``(N, C)`` array ``outputs`` from sample ``start`` on."""
+    result, chunk_outputs = part
+    outputs[start:start + chunk_outputs.shape[0]] = chunk_outputs
+    return result
+
+
+def _chunk_rows_task(x, model, names, projector, plan, work_bytes, with_outputs=False):
+    return _chunk_rows(model, names, x, projector, None, plan, work_bytes, with_outputs)
 
 
 def jacobian_rows(model, inputs, names, *, projector=None, chunk_size, n_jobs=None, verbose=0,
                   jacobian_method="auto", plan=None, work_bytes=None, out_dtype=None,
-                  out=None, output=None):
+                  out=None, output=None, outputs=None):
     """Jacobian rows (sample-major, row ``i·C + c``) for parameters ``names``.
 
     Returns an ``(N·C, D0)`` array if ``projector`` is given, else ``(N·C, Σ d)``.
@@ -299,7 +350,9 @@ def jacobian_rows(model, inputs, names, *, projector=None, chunk_size, n_jobs=No
     ``work_bytes`` bounds the temporaries of one layer on one chunk; ``out_dtype``
     (e.g. float32) stores the rows in one preallocated array of that dtype as the
     chunks arrive (into ``out`` when given: a preallocated array or memmap);
-    ``output`` selects the logits in the model's output (:func:`select_logits`).
+    ``output`` selects the logits in the model's output (:func:`select_logits`);
+    ``outputs``, a float64 ``(N, C)`` array, receives the model's outputs (those of the
+    layer-wise path's recording passes: no separate forward pass).
     """
     inputs = as_model_inputs(inputs).bind_output(output)
     if plan is None and jacobian_method != "functorch":
@@ -307,7 +360,7 @@ def jacobian_rows(model, inputs, names, *, projector=None, chunk_size, n_jobs=No
     if work_bytes is None:
         work_bytes = 256 * 1024**2
     return _parallel_rows(model, names, inputs, projector, chunk_size, n_jobs, verbose, plan,
-                          work_bytes, out_dtype if out is None else out.dtype, out)
+                          work_bytes, out_dtype if out is None else out.dtype, out, outputs)
 
 
 def _too_big_for_exact_ntk(name, n_rows, need, budget):
@@ -343,7 +396,7 @@ def group_parameters(named_sizes, n_rows, budget, *, too_big=_too_big_for_exact_
 def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projection_dim=2048,
                    seed=0, chunk_size=None, n_jobs=None, max_memory, verbose=0,
                    jacobian_method="auto", form_ntk=True, rows_dir=None, output=None,
-                   min_chunks=MIN_CHUNKS):
+                   min_chunks=MIN_CHUNKS, return_outputs=False):
     """The empirical NTK Θ (float64, ``(N·C, N·C)``) and, if projected, the projected rows.
 
     Parameters
@@ -381,6 +434,15 @@ def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projecti
         With ``chunk_size=None``, cut the samples into at least this many chunks
         (so that ``n_jobs=1`` and ``2`` chunk alike); 1 for a few samples whose
         per-chunk overhead would dominate (the trust diagnostic's probe).
+    return_outputs : bool, default=False
+        Also return the model's outputs :math:`f_0`, computed chunk by chunk with
+        the rows: the layer-wise path takes them from its recording forward pass
+        (no separate pass), the ``torch.func`` path runs one forward per chunk,
+        the exact path with its first parameter group. Every extraction of the
+        same samples with the same chunks gives the same bits
+        (:func:`full_jacobian_rows` too); the batch size of a forward pass
+        changes the last bits of its outputs, so they may differ from
+        :func:`model_outputs` by round-off.
 
     Returns
     -------
@@ -388,6 +450,8 @@ def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projecti
     rows : ndarray of shape (N·C, projection_dim), float32, or None
         The projected rows, stored in float32 (Θ, when formed, is their float64
         product, so the dense and the factored kernel are the same Θ̃).
+    outputs : ndarray of shape (N, C), float64
+        Only with ``return_outputs=True``.
     """
     inputs = as_model_inputs(inputs).bind_output(output)
     n = n_samples_of(inputs)
@@ -412,6 +476,7 @@ def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projecti
     _, dtype = model_device_dtype(model)
     itemsize = torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4
     budget = max_memory - ntk_bytes
+    outputs = np.empty((n, n_outputs)) if return_outputs else None
     if projection is not None:
         rows_bytes = n_rows * projection_dim * 4
         on_disk = not form_ntk and rows_bytes > budget // 2
@@ -435,27 +500,30 @@ def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projecti
                              jacobian_method="functorch" if plan is None else jacobian_method,
                              out_dtype=np.float32,
                              out=disk_rows((n_rows, projection_dim), np.float32, rows_dir)
-                             if on_disk else None)
-        if not form_ntk:
-            return None, rows
-        rows64 = rows.astype(np.float64)
-        return rows64 @ rows64.T, rows
+                             if on_disk else None, outputs=outputs)
+        ntk = None
+        if form_ntk:
+            rows64 = rows.astype(np.float64)
+            ntk = rows64 @ rows64.T
+        return (ntk, rows, outputs) if return_outputs else (ntk, rows)
     if plan is not None:
-        return _layerwise_exact(model, inputs, names, plan, n_outputs, n_params, itemsize,
-                                max_memory, budget, chunk_size, n_jobs, verbose,
-                                min_chunks), None
-    if chunk_size is None:
-        workers = n_workers_for(n_jobs, n)  # concurrent chunks share the budget
-        chunk_size = cap_chunk_size(
-            plan_chunk_size(n, n_outputs, n_params, itemsize, max_memory // workers), n, workers,
-            min_chunks=min_chunks)
-    ntk = np.zeros((n_rows, n_rows))
-    for group in group_parameters(sizes, n_rows, budget):
-        rows = jacobian_rows(model, inputs, group, chunk_size=chunk_size, n_jobs=n_jobs,
-                             verbose=verbose, jacobian_method="functorch")
-        ntk += rows @ rows.T
-        del rows
-    return ntk, None
+        ntk = _layerwise_exact(model, inputs, names, plan, n_outputs, n_params, itemsize,
+                               max_memory, budget, chunk_size, n_jobs, verbose, min_chunks,
+                               outputs=outputs)
+    else:
+        if chunk_size is None:
+            workers = n_workers_for(n_jobs, n)  # concurrent chunks share the budget
+            chunk_size = cap_chunk_size(
+                plan_chunk_size(n, n_outputs, n_params, itemsize, max_memory // workers), n,
+                workers, min_chunks=min_chunks)
+        ntk = np.zeros((n_rows, n_rows))
+        for k, group in enumerate(group_parameters(sizes, n_rows, budget)):
+            rows = jacobian_rows(model, inputs, group, chunk_size=chunk_size, n_jobs=n_jobs,
+                                 verbose=verbose, jacobian_method="functorch",
+                                 outputs=outputs if k == 0 else None)  # once, with group 0
+            ntk += rows @ rows.T
+            del rows
+    return (ntk, None, outputs) if return_outputs else (ntk, None)
 
 
 def _chunk_plan(plan, n, n_outputs, n_params, itemsize, max_memory, avail, chunk_size, n_jobs,
@@ -484,8 +552,9 @@ def _chunk_plan(plan, n, n_outputs, n_params, itemsize, max_memory, avail, chunk
     return chunk_size, work_bytes
 
 
-def _chunk_storage_task(x, model, plan, group, modes, work_bytes):
-    """Stored per-sample gradient representations of one chunk for a parameter group."""
+def _chunk_storage_task(x, model, plan, group, modes, work_bytes, with_outputs=False):
+    """Stored per-sample gradient representations of one chunk for a parameter group;
+    with ``with_outputs``, ``(stored, outputs)``: the recording pass's outputs (n, C) too."""
     device, _ = model_device_dtype(model)
     x = inputs_to(x, device)
     fallback = [name for name in group if name not in plan.uses]
@@ -498,12 +567,15 @@ def _chunk_storage_task(x, model, plan, group, modes, work_bytes):
             stored[name] = Dense(g.reshape(g.shape[0], g.shape[1], -1).to("cpu", torch.float64))
         else:
             stored[name] = to_storage(reps.pop(name), modes[name])
+    if with_outputs:
+        return _checked_outputs((stored, reps.outputs.to("cpu", torch.float64).numpy()), x)
     return stored
 
 
 def _layerwise_exact(model, inputs, names, plan, n_outputs, n_params, itemsize, max_memory,
-                     budget, chunk_size, n_jobs, verbose, min_chunks=MIN_CHUNKS):
-    """Exact Θ from per-layer representations, parameter groups sized to the budget."""
+                     budget, chunk_size, n_jobs, verbose, min_chunks=MIN_CHUNKS, outputs=None):
+    """Exact Θ from per-layer representations, parameter groups sized to the budget;
+    ``outputs`` (N, C), if given, receives the first group's recorded outputs."""
     n = n_samples_of(inputs)
     n_rows = n * n_outputs
     modes, sizes = {}, []
@@ -536,9 +608,14 @@ def _layerwise_exact(model, inputs, names, plan, n_outputs, n_params, itemsize, 
     chunk_size, work_bytes = _chunk_plan(plan, n, n_outputs, n_params, itemsize, max_memory,
                                          avail, chunk_size, n_jobs, min_chunks=min_chunks)
     ntk = torch.zeros(n_rows, n_rows, dtype=torch.float64)
-    for group in groups:
-        parts = _parallel_map(_chunk_storage_task, (model, plan, group, modes, work_bytes),
+    for k, group in enumerate(groups):
+        with_outputs = outputs is not None and k == 0
+        parts = _parallel_map(_chunk_storage_task,
+                              (model, plan, group, modes, work_bytes, with_outputs),
                               inputs, chunk_size, n_jobs, verbose)
+        if with_outputs:
+            parts = [_stored_part(part, outputs, start)
+                     for start, part in zip(range(0, n, chunk_size), parts)]
         for name in group:
             chunk_reps = [p.pop(name) for p in parts]
             if all(isinstance(r, Dense) for r in chunk_reps):

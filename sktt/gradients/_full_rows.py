@@ -23,7 +23,7 @@ __all__ = ["full_jacobian_rows"]
 
 def full_jacobian_rows(model, inputs, names, *, n_outputs, projection=None, projection_dim=2048,
                        seed=0, chunk_size=None, n_jobs=None, max_memory, verbose=0,
-                       jacobian_method="auto", output=None):
+                       jacobian_method="auto", output=None, return_outputs=False):
     """Sample-major Jacobian rows ``(N·C, D0)`` (projected, float32) or ``(N·C, D)`` (exact, float64).
 
     Parameters
@@ -48,10 +48,15 @@ def full_jacobian_rows(model, inputs, names, *, n_outputs, projection=None, proj
     output : None, str, int or callable, default=None
         Which part of the model's output are the logits
         (:func:`~sktt.gradients.select_logits`).
+    return_outputs : bool, default=False
+        Also return the model's outputs :math:`f_0`, from the extraction's own
+        chunks (as :func:`~sktt.gradients.ntk_from_model` computes them).
 
     Returns
     -------
     rows : ndarray of shape (N·C, D0)
+    outputs : ndarray of shape (N, C), float64
+        Only with ``return_outputs=True``.
 
     Raises
     ------
@@ -84,9 +89,11 @@ def full_jacobian_rows(model, inputs, names, *, n_outputs, projection=None, proj
     chunk_size, work_bytes = _chunk_plan(plan, n, n_outputs, n_params, itemsize, max_memory,
                                          avail, chunk_size, n_jobs)
     projector = None if projection is None else BlockProjector(projection, projection_dim, seed)
+    outputs = np.empty((n, n_outputs)) if return_outputs else None
     # projected rows are rounded to float32 as ntk_from_model stores them, so a
     # pipeline and the one-object predictor hold the same kernel
-    return jacobian_rows(model, inputs, names, projector=projector, chunk_size=chunk_size,
+    rows = jacobian_rows(model, inputs, names, projector=projector, chunk_size=chunk_size,
                          n_jobs=n_jobs, verbose=verbose, plan=plan, work_bytes=work_bytes,
                          jacobian_method="functorch" if plan is None else jacobian_method,
-                         out_dtype=None if projection is None else np.float32)
+                         out_dtype=None if projection is None else np.float32, outputs=outputs)
+    return (rows, outputs) if return_outputs else rows

@@ -157,7 +157,8 @@ def layerwise_chunk(model, plan, x, *, names=None):
     -------
     ChunkGradients
         ``pop(name)`` gives, for each layer-wise parameter, one representation
-        per call using it (the per-sample gradient is their sum).
+        per call using it (the per-sample gradient is their sum); ``outputs``
+        are the model's outputs on the chunk (n, C), detached.
     """
     wanted = set(plan.uses if names is None else [n for n in names if n in plan.uses])
     modules = [m for m in plan.modules
@@ -177,11 +178,12 @@ def layerwise_chunk(model, plan, x, *, names=None):
                     "jacobian_method='functorch' for this model.")
         _backward_deltas(out, rec.calls)
     zeros_like = (n, out.shape[1], out.dtype, out.device)
+    outputs = out.detach()
     del out
     for call in rec.calls:
         call.output = None  # the graph is gone; keep only inputs and output gradients
     return ChunkGradients(rec.calls, {name: plan.uses[name] for name in wanted}, plan.shapes,
-                          zeros_like)
+                          zeros_like, outputs)
 
 
 class ChunkGradients:
@@ -192,7 +194,8 @@ class ChunkGradients:
     are released as soon as all its parameters have been taken.
     """
 
-    def __init__(self, calls, uses, shapes, zeros_like):
+    def __init__(self, calls, uses, shapes, zeros_like, outputs=None):
+        self.outputs = outputs
         self._shapes = shapes
         self._zeros_like = zeros_like
         self._uses = {}

@@ -123,7 +123,8 @@ def sketch_block(projector, block, shape, reps, out, *, use_fft, work_bytes):
     return out
 
 
-def projected_rows(model, plan, names, x, projector, work_bytes, fallback_jacobian):
+def projected_rows(model, plan, names, x, projector, work_bytes, fallback_jacobian, *,
+                   with_outputs=False):
     """Projected Jacobian rows ``(n·C, dim)`` (float64, CPU) of one chunk.
 
     Parameters
@@ -137,6 +138,9 @@ def projected_rows(model, plan, names, x, projector, work_bytes, fallback_jacobi
         Bound on one layer's temporaries.
     fallback_jacobian : callable
         ``(model, names, x) -> {name: (n, C, *shape)}`` for parameters without a rule.
+    with_outputs : bool, default=False
+        Also return the model's outputs on the chunk (n, C), float64 CPU ndarray:
+        the recording forward pass computes them anyway.
 
     Notes
     -----
@@ -169,4 +173,7 @@ def projected_rows(model, plan, names, x, projector, work_bytes, fallback_jacobi
         use_fft = (projector.kind == "tensorsketch"
                    and fft_is_cheaper(plan, name, acc.shape[0] // n, projector.dim))
         sketch_block(projector, block, shape, terms, acc, use_fft=use_fft, work_bytes=work_bytes)
-    return acc.to("cpu", torch.float64).numpy()
+    rows = acc.to("cpu", torch.float64).numpy()
+    if with_outputs:
+        return rows, reps.outputs.to("cpu", torch.float64).numpy()
+    return rows
