@@ -232,8 +232,8 @@ def main():
               f"{r['real_s']:6.1f} s, peak RSS {r['peak_rss_gib']:.2f} GiB (after fit "
               f"{r['rss_after_fit_gib']:.2f} GiB)", flush=True)
         print("        (lr, momentum): L_0 -> L_T, T_eps at eps = 10 % of the drop: " + ", ".join(
-            f"({s['lr']:g}, {s['momentum']:g}): {s['L0']:.3f} -> {s['LT']:.3f}, {s['T_eps']} "
-            f"[{100 * s['computed']:.0f} % of steps computed]"
+            f"({s['lr']:g}, {s['momentum']:g}): {s['L0']:.4f} -> {s['LT']:.4f}, {s['T_eps']} "
+            f"[{s['seconds']:.1f} s, {100 * s['computed']:.0f} % of steps computed]"
             for s in r["grid"]), flush=True)
     for a, b in zip(rows, rows[1:]):
         ratio = b["n"] / a["n"]
