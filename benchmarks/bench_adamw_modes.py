@@ -36,10 +36,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.sparse import csr_matrix  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.func import functional_call, jacrev, vmap  # noqa: E402
 
+from digits_task import digits_finetuning_task  # noqa: E402
 from sktt.datasets import load_demo  # noqa: E402
 from sktt.dynamics import check_batches, epsilon_training_time  # noqa: E402
 from sktt.dynamics._adamw import simulate_adamw  # noqa: E402
@@ -53,31 +53,12 @@ SKETCH_DIMS = (2048, 8192)
 
 
 def make_tanh_mlp_task(n_samples, seed=0):
-    digits = load_digits()
-    X = digits.data / 16.0
-    X = (X - X.mean(0)) / (X.std(0) + 0.1)
-    y = digits.target
-    g = torch.Generator().manual_seed(seed)
+    """A 64-128-128-5 tanh MLP pre-trained on digits 0-4 (float64); fine-tuning data from
+    digits 5-9."""
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(64, 128), nn.Tanh(), nn.Linear(128, 128), nn.Tanh(),
                         nn.Linear(128, 5))
-    seen = y < 5
-    Xp, yp = torch.as_tensor(X[seen], dtype=torch.float32), torch.as_tensor(y[seen])
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    for _ in range(15):
-        perm = torch.randperm(len(Xp), generator=g)
-        for i in range(0, len(Xp), 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(Xp[idx]), yp[idx]).backward()
-            opt.step()
-    with torch.no_grad():
-        head = net[-1]
-        head.weight.copy_(torch.randn(head.weight.shape, generator=g) / head.weight.shape[1] ** 0.5)
-        head.bias.zero_()
-    idx = np.random.default_rng(seed).choice(np.flatnonzero(~seen), n_samples, replace=False)
-    return (net.double().eval(), torch.as_tensor(X[idx], dtype=torch.float64),
-            torch.as_tensor(y[idx] - 5))
+    return digits_finetuning_task(net, n_samples, seed, dtype=torch.float64)
 
 
 def jacobian(model, X):

@@ -36,10 +36,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
 from torch import nn  # noqa: E402
 
 from sktt import TrainingTimePredictor  # noqa: E402
+from digits_task import digits_finetuning_task  # noqa: E402
 from sktt.datasets import load_demo  # noqa: E402
 from sktt.dynamics import epsilon_training_time  # noqa: E402
 from sktt.validation import run_real_training  # noqa: E402
@@ -54,31 +54,10 @@ LRS = {"demo": {0.0: (0.005, 0.01, 0.02), 0.9: (0.0005, 0.001, 0.002)},
 
 def make_mlp_task(n_samples, seed=0):
     """A 64-128-64-5 ReLU MLP pre-trained on digits 0-4; fine-tuning data from digits 5-9."""
-    digits = load_digits()
-    X = digits.data / 16.0
-    X = (X - X.mean(0)) / (X.std(0) + 0.1)
-    y = digits.target
-    g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(),
                         nn.Linear(64, 5))
-    seen = y < 5
-    Xp, yp = torch.as_tensor(X[seen], dtype=torch.float32), torch.as_tensor(y[seen])
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    for _ in range(15):
-        perm = torch.randperm(len(Xp), generator=g)
-        for i in range(0, len(Xp), 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(Xp[idx]), yp[idx]).backward()
-            opt.step()
-    with torch.no_grad():  # a fresh head for the new classes
-        head = net[-1]
-        head.weight.copy_(torch.randn(head.weight.shape, generator=g) / head.weight.shape[1] ** 0.5)
-        head.bias.zero_()
-    idx = np.random.default_rng(seed).choice(np.flatnonzero(~seen), n_samples, replace=False)
-    return (net.eval(), torch.as_tensor(X[idx], dtype=torch.float32),
-            torch.as_tensor(y[idx] - 5))
+    return digits_finetuning_task(net, n_samples, seed, dtype=torch.float32)
 
 
 def summarise(rel):
