@@ -169,6 +169,26 @@ def test_near_ties_are_decided_exactly(loss):
             assert lazy._points("train")["known"].sum() > 2  # exact values beyond the ends
 
 
+def test_float64_planes_where_float32_could_overflow():
+    """States or outputs too large for float32 products: the planes are computed in float64
+    (exact values, no error bars) and the search gives the full curve's times as before."""
+    rng = np.random.default_rng(6)
+    problem, _, factored = _problem(rng, 30, 3, 0, "cross_entropy", 40)
+    recipe, batches = _recipe_and_batches(rng, "sgd", 30, 120, n_paths=3)
+    full = np.asarray(simulate(factored, problem, recipe, batches=batches)["loss"])
+    lazy = simulate(factored, problem, recipe, batches=batches)
+    lazy._single_safe = False  # as if |z| or |F| could reach float32's range
+    values, errors = lazy.refine("loss", [3, 50, 99])
+    assert np.all(errors == 0)
+    assert_allclose(values, full[:, [3, 50, 99]], rtol=1e-12)
+    eps = abs(full.mean(axis=0)[0] - full.mean(axis=0)[-1]) * np.array([0.01, 0.1, 0.5])
+    times, path_times, _, _ = training_times(lazy, "loss", eps, kind="eps", per_path=True)
+    ref, ref_paths = _full_times(full, eps, "eps")
+    np.testing.assert_array_equal(times, ref)
+    np.testing.assert_array_equal(path_times, ref_paths)
+    assert not lazy._approx  # no float32 value was used
+
+
 def test_bounded_search_is_tight_on_a_smooth_curve():
     """Gradient descent: the bounds exclude all but a few steps before the crossing."""
     rng = np.random.default_rng(2)

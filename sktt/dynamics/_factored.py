@@ -109,7 +109,7 @@ def _curves(kernel, problem, F0, E, Z, *, eval_rows, gradient=False):
 _UNIT = 2.0 ** -24  # float32 unit round-off
 _SINGLE_INNER = 256  # terms of one float32 inner product of the outputs J̃u (then float64 sums)
 _SINGLE_ROWS = 2048  # rows of one float32 product of the gradient J̃ᵀg (then float64 sums)
-_SINGLE_RANGE = 1e30  # |F| below this: no float32 product can overflow
+_SINGLE_RANGE = 1e30  # |F| and |z| below this: no float32 product can overflow
 
 
 def _gamma(n):
@@ -233,6 +233,7 @@ class FactoredCurves(MutableMapping):
         self._extra = {}
         self._bound_on_outputs = None
         self._norms = None
+        self._single_safe = None
         self._approx = {}  # side: float32 loss values at anchors and their error bounds
         self._bounds = {}  # side: (P, T + 1) loss lower bounds
         self._anchored = {}  # side: (T + 1,) bool, the anchors of those bounds
@@ -380,10 +381,12 @@ class FactoredCurves(MutableMapping):
         self.loss_lower_bounds(key)
         steps = np.asarray(steps, dtype=np.int64).reshape(-1)
         self._add_anchors(side, steps)
-        known = self._points(side)["known"][steps]
-        approx = self._approx[side]
-        values = np.where(known, self._points(side)["loss"][:, steps], approx["loss"][:, steps])
-        errors = np.where(known, 0.0, approx["error"][:, steps])
+        points = self._points(side)
+        values, errors = points["loss"][:, steps], np.zeros((self.n_paths, len(steps)))
+        if side in self._approx:  # float32 planes: their values where no exact one is known
+            approx, known = self._approx[side], points["known"][steps]
+            values = np.where(known, values, approx["loss"][:, steps])
+            errors = np.where(known, 0.0, approx["error"][:, steps])
         return values, errors
 
     def _add_anchors(self, side, steps):
@@ -395,7 +398,7 @@ class FactoredCurves(MutableMapping):
             return
         shape = (len(steps), self.n_paths)
         d = self.kernel.dim
-        if self._output_bound() < _SINGLE_RANGE:
+        if self._single_precision_safe():
             flat = self.states[steps].reshape(-1, self.states.shape[-1])
             with np.errstate(over="ignore", invalid="ignore"):
                 loss, loss_error, plane_offset, grad_error, grad = _single_precision_planes(
@@ -423,6 +426,13 @@ class FactoredCurves(MutableMapping):
                 planes -= grad_error[:, p, None] * np.sqrt(np.maximum(sq, 0.0))
             np.maximum(bounds[p], planes.max(axis=0), out=bounds[p])
         self._anchored[side][steps] = True
+
+    def _single_precision_safe(self):
+        """Whether float32 products can neither overflow in the outputs nor in the states."""
+        if self._single_safe is None:
+            self._single_safe = bool(self._output_bound() < _SINGLE_RANGE
+                                     and np.abs(self.states).max() < _SINGLE_RANGE)
+        return self._single_safe
 
     def _state_norms(self):
         """|u_t|² of every path and step (P, T + 1), cached."""
