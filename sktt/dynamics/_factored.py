@@ -375,7 +375,7 @@ class FactoredCurves(MutableMapping):
         Returns ``(values, errors)``, both (P, S): the loss lies within ``errors`` of
         ``values`` (0 where it was computed exactly). The planes come from float32
         products with rigorous round-off bounds (:func:`_single_precision_planes`),
-        unless the outputs could overflow them; free for steps already anchored.
+        unless the outputs or states could overflow them; free for steps already anchored.
         """
         side = self._bounded_side(key)
         self.loss_lower_bounds(key)
