@@ -63,49 +63,6 @@ def _directions(problem, recipe, momentum_buffer, n_all, c):
     return E, i_phi, i_buf
 
 
-def _outputs(kernel, F0, E, Z, start, stop, eval_rows):
-    """F of rows [start, stop) (whole samples) at every state: (M, n_b, C), and the rows
-    (float64) and fixed directions of the block."""
-    part = kernel.eval_rows if eval_rows else kernel.rows
-    d = kernel.dim
-    rows = np.asarray(part[start:stop], dtype=np.float64)  # (n_b·C, D0)
-    offset = kernel.n_train_rows if eval_rows else 0
-    E_block = E[offset + start:offset + stop]
-    out = Z[:, :d] @ rows.T
-    if E.shape[1]:
-        out += Z[:, d:] @ E_block.T
-    c = kernel.n_outputs
-    out = out.reshape(Z.shape[0], -1, c)
-    out += F0[(offset + start) // c:(offset + stop) // c][None]
-    return out, rows, E_block
-
-
-def _curves(kernel, problem, F0, E, Z, *, eval_rows, gradient=False):
-    """Mean loss and train error (%) at every state of ``Z`` (M, D0 + k), accumulated over
-    row blocks; with ``gradient``, also ∇_z of the mean loss (M, D0 + k)."""
-    if eval_rows:
-        targets, labels, n = problem.eval_targets, problem.eval_labels, problem.n_eval
-    else:
-        targets, labels, n = problem.targets, problem.labels, problem.f0.shape[0]
-    c, d = kernel.n_outputs, kernel.dim
-    loss = np.zeros(Z.shape[0])
-    error = None if labels is None else np.zeros(Z.shape[0])
-    grad = np.zeros(Z.shape) if gradient else None
-    for s, e in kernel.row_blocks(width=Z.shape[0], eval_rows=eval_rows):
-        F, rows, E_block = _outputs(kernel, F0, E, Z, s, e, eval_rows)
-        sl = slice(s // c, e // c)
-        weight = (e - s) / c / n  # the block's share of the mean over samples
-        value, g = loss_value_and_gradient(F, targets[sl], problem.loss, gradient=gradient)
-        loss += weight * value
-        if error is not None:
-            error += weight * train_error(F, labels[sl])
-        if gradient:  # ∇_z L = (J̃ᵀ ∇_F L, Eᵀ ∇_F L), the block's share
-            g = weight * g.reshape(Z.shape[0], -1)
-            grad[:, :d] += g @ rows
-            grad[:, d:] += g @ E_block
-    return loss, error, grad
-
-
 _UNIT = 2.0 ** -24  # float32 unit round-off
 _SINGLE_INNER = 256  # terms of one float32 inner product of the outputs J̃u (then float64 sums)
 _SINGLE_ROWS = 2048  # rows of one float32 product of the gradient J̃ᵀg (then float64 sums)
@@ -116,6 +73,74 @@ def _gamma(n):
     """Higham's γ_n for float32: |fl(x·y) − x·y| ≤ γ_n Σ|x_i||y_i| for n-term inner products
     (two more terms cover rounding both operands to float32 first)."""
     return n * _UNIT / (1 - n * _UNIT)
+
+
+def _targets_of(problem, eval_rows):
+    """Targets, labels and number of samples of the training or held-out rows."""
+    if eval_rows:
+        return problem.eval_targets, problem.eval_labels, problem.n_eval
+    return problem.targets, problem.labels, problem.f0.shape[0]
+
+
+def _blocks(kernel, F0, E, Z, *, eval_rows, single=False):
+    """The row blocks (whole samples) of the outputs at every state of ``Z`` (M, D0 + k).
+
+    Yields ``(samples, F, rows, E_block)``: the block's sample slice, its outputs
+    (M, n_b, C), rows and fixed directions. The rows are float64 and ``F`` their exact
+    products; with ``single``, the stored float32 rows (no copy) and ``F`` from float32
+    inner products of ``_SINGLE_INNER`` terms summed in float64
+    (:func:`_single_precision_planes` bounds the difference).
+    """
+    part = kernel.eval_rows if eval_rows else kernel.rows
+    offset = kernel.n_train_rows if eval_rows else 0
+    c, d = kernel.n_outputs, kernel.dim
+    u = Z[:, :d].astype(np.float32) if single else Z[:, :d]
+    for s, e in kernel.row_blocks(width=Z.shape[0], eval_rows=eval_rows):
+        rows = np.asarray(part[s:e], dtype=np.float32 if single else np.float64)  # (n_b·C, D0)
+        if single:
+            out = np.zeros((Z.shape[0], e - s))
+            for j in range(0, d, _SINGLE_INNER):
+                out += u[:, j:j + _SINGLE_INNER] @ rows[:, j:j + _SINGLE_INNER].T
+        else:
+            out = u @ rows.T
+        E_block = E[offset + s:offset + e]
+        if E.shape[1]:
+            out += Z[:, d:] @ E_block.T
+        F = out.reshape(Z.shape[0], -1, c) + F0[(offset + s) // c:(offset + e) // c][None]
+        yield slice(s // c, e // c), F, rows, E_block
+
+
+def _transpose_product(g, rows):
+    """g J̃_block (M, D0) in float64: exact for float64 rows; for float32 rows, float32
+    products of ``_SINGLE_ROWS`` rows summed in float64."""
+    if rows.dtype == np.float64:
+        return g @ rows
+    g32 = g.astype(np.float32)
+    out = np.zeros((g.shape[0], rows.shape[1]))
+    for i in range(0, rows.shape[0], _SINGLE_ROWS):
+        out += g32[:, i:i + _SINGLE_ROWS] @ rows[i:i + _SINGLE_ROWS]
+    return out
+
+
+def _curves(kernel, problem, F0, E, Z, *, eval_rows, gradient=False):
+    """Mean loss and train error (%) at every state of ``Z`` (M, D0 + k), accumulated over
+    row blocks; with ``gradient``, also ∇_z of the mean loss (M, D0 + k)."""
+    targets, labels, n = _targets_of(problem, eval_rows)
+    d = kernel.dim
+    loss = np.zeros(Z.shape[0])
+    error = None if labels is None else np.zeros(Z.shape[0])
+    grad = np.zeros(Z.shape) if gradient else None
+    for samples, F, rows, E_block in _blocks(kernel, F0, E, Z, eval_rows=eval_rows):
+        weight = (samples.stop - samples.start) / n  # the block's share of the mean
+        value, g = loss_value_and_gradient(F, targets[samples], problem.loss, gradient=gradient)
+        loss += weight * value
+        if error is not None:
+            error += weight * train_error(F, labels[samples])
+        if gradient:  # ∇_z L = (J̃ᵀ ∇_F L, Eᵀ ∇_F L), the block's share
+            g = weight * g.reshape(Z.shape[0], -1)
+            grad[:, :d] += _transpose_product(g, rows)
+            grad[:, d:] += g @ E_block
+    return loss, error, grad
 
 
 def _single_precision_planes(kernel, problem, F0, E, Z, *, eval_rows):
@@ -143,37 +168,21 @@ def _single_precision_planes(kernel, problem, F0, E, Z, *, eval_rows):
         :math:`\tilde L`, :math:`e_L`, :math:`\|\nabla L\|_1 e_F` and :math:`e_g`.
     grad : ndarray of shape (M, D0 + k)
     """
-    if eval_rows:
-        targets, n = problem.eval_targets, problem.n_eval
-    else:
-        targets, n = problem.targets, problem.f0.shape[0]
-    part = kernel.eval_rows if eval_rows else kernel.rows
-    offset = kernel.n_train_rows if eval_rows else 0
+    targets, _, n = _targets_of(problem, eval_rows)
     c, d, m = kernel.n_outputs, kernel.dim, Z.shape[0]
-    Z32 = Z[:, :d].astype(np.float32)
     loss, grad = np.zeros(m), np.zeros(Z.shape)
     grad_l1, grad_max, residual_l1 = np.zeros(m), np.zeros(m), np.zeros(m)
-    for s, e in kernel.row_blocks(width=m, eval_rows=eval_rows):
-        rows = np.asarray(part[s:e], dtype=np.float32)
-        out = np.zeros((m, e - s))
-        for j in range(0, d, _SINGLE_INNER):
-            out += Z32[:, j:j + _SINGLE_INNER] @ rows[:, j:j + _SINGLE_INNER].T
-        E_block = E[offset + s:offset + e]
-        if E.shape[1]:
-            out += Z[:, d:] @ E_block.T
-        F = out.reshape(m, -1, c) + F0[(offset + s) // c:(offset + e) // c][None]
-        sl = slice(s // c, e // c)
-        weight = (e - s) / c / n
-        value, g = loss_value_and_gradient(F, targets[sl], problem.loss)
+    for samples, F, rows, E_block in _blocks(kernel, F0, E, Z, eval_rows=eval_rows,
+                                             single=True):
+        weight = (samples.stop - samples.start) / n
+        value, g = loss_value_and_gradient(F, targets[samples], problem.loss)
         loss += weight * value
         if problem.loss == "mse":
-            residual_l1 += np.abs(F - targets[sl]).sum(axis=(1, 2))
+            residual_l1 += np.abs(F - targets[samples]).sum(axis=(1, 2))
         g = weight * g.reshape(m, -1)
         grad_l1 += np.abs(g).sum(axis=1)
         grad_max = np.maximum(grad_max, np.abs(g).max(axis=1))
-        g32 = g.astype(np.float32)
-        for i in range(0, e - s, _SINGLE_ROWS):
-            grad[:, :d] += g32[:, i:i + _SINGLE_ROWS] @ rows[i:i + _SINGLE_ROWS]
+        grad[:, :d] += _transpose_product(g, rows)
         grad[:, d:] += g @ E_block
     output_error = (_gamma(_SINGLE_INNER + 2) * kernel.max_row_norm(eval_rows=eval_rows)
                     * np.linalg.norm(Z[:, :d], axis=1))
@@ -284,7 +293,7 @@ class FactoredCurves(MutableMapping):
             bound = np.inf
             if np.all(np.isfinite(Z)):
                 d = self.kernel.dim
-                u = np.linalg.norm(Z[..., :d], axis=-1).max()
+                u = np.sqrt(self._state_norms().max())
                 a = np.linalg.norm(Z[..., d:], axis=-1).max() if Z.shape[-1] > d else 0.0
                 rows = max(self.kernel.max_row_norm(), self.kernel.max_row_norm(eval_rows=True))
                 e = np.linalg.norm(self.E, axis=1).max() if self.E.size else 0.0
