@@ -89,18 +89,28 @@ def _full_times(paths, values, kind):
     return find(paths.mean(axis=0), values), find(paths, values)
 
 
+def _lazy_runs(seed, loss, name, *, n_eval=0, T=120, n_paths=3):
+    """``run()`` simulating recipe ``name`` afresh (a lazy factored result) on a 30-sample,
+    C = 3, D0 = 40 problem, and the full result of one such run."""
+    rng = np.random.default_rng(seed)
+    problem, _, factored = _problem(rng, 30, 3, n_eval, loss, 40)
+    recipe, batches = _recipe_and_batches(rng, name, 30, T, n_paths=n_paths)
+
+    def run():
+        return simulate(factored, problem, recipe, batches=batches)
+
+    return run, run()
+
+
 @pytest.mark.parametrize("name", ["gd", "sgd", "momentum", "weight_decay", "schedule"])
 @pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
 def test_bounded_training_times_equal_the_full_curves(name, loss):
     """T_ε and threshold times found through the convexity bounds (few steps computed) are
     the times of the full curves, for every ε / τ, the mean curve and every path, on the
     noisy (non-monotone) SGD curves and the held-out loss."""
-    rng = np.random.default_rng(1)
-    n, c, n_eval, d, T = 30, 3, 9, 40, 120
-    problem, _, factored = _problem(rng, n, c, n_eval, loss, d)
-    recipe, batches = _recipe_and_batches(rng, name, n, T, n_paths=4)
-    lazy = simulate(factored, problem, recipe, batches=batches)
-    full = simulate(factored, problem, recipe, batches=batches)
+    T = 120
+    run, full = _lazy_runs(1, loss, name, n_eval=9, T=T, n_paths=4)
+    lazy = run()
     for key in ("loss", "eval_loss"):
         paths = np.asarray(full[key])
         mean = paths.mean(axis=0)
@@ -129,11 +139,9 @@ def test_refined_bounds_stay_below_the_curve(loss):
     curve everywhere (weight decay and momentum: the state carries fixed directions) and
     meet it at the anchors up to the float32 round-off bounds; the refined values lie within
     their error bars, which are small; on the training and the held-out loss."""
-    rng = np.random.default_rng(4)
-    problem, _, factored = _problem(rng, 30, 3, 9, loss, 40)
-    recipe, batches = _recipe_and_batches(rng, "weight_decay", 30, 150, n_paths=3)
-    lazy = simulate(factored, problem, recipe, batches=batches)
-    full = simulate(factored, problem, recipe, batches=batches)
+    run, full = _lazy_runs(4, loss, "weight_decay", n_eval=9, T=150)
+    lazy = run()
+    rng = np.random.default_rng(14)  # the steps to refine
     for key in ("loss", "eval_loss"):
         exact = np.asarray(full[key])
         before = lazy.loss_lower_bounds(key).copy()
@@ -151,14 +159,12 @@ def test_refined_bounds_stay_below_the_curve(loss):
 def test_near_ties_are_decided_exactly(loss):
     """Thresholds and ε 1e-10 either side of an attained loss: the float32 error bars of
     the search straddle them, so the exact values decide, as on the full curve."""
-    rng = np.random.default_rng(5)
-    problem, _, factored = _problem(rng, 30, 3, 0, loss, 40)
-    recipe, batches = _recipe_and_batches(rng, "momentum", 30, 150, n_paths=3)
-    full = np.asarray(simulate(factored, problem, recipe, batches=batches)["loss"])
+    run, full = _lazy_runs(5, loss, "momentum", T=150)
+    full = np.asarray(full["loss"])
     mean = full.mean(axis=0)
     for t in (5, 40, 90):
         for side in (-1, 1):
-            lazy = simulate(factored, problem, recipe, batches=batches)
+            lazy = run()
             tau = mean[t] + side * 1e-10
             eps = abs(mean[t] - mean[-1]) + side * 1e-10
             for kind, value in (("threshold", tau), ("eps", eps)):
@@ -172,11 +178,8 @@ def test_near_ties_are_decided_exactly(loss):
 def test_float64_planes_where_float32_could_overflow():
     """States or outputs too large for float32 products: the planes are computed in float64
     (exact values, no error bars) and the search gives the full curve's times as before."""
-    rng = np.random.default_rng(6)
-    problem, _, factored = _problem(rng, 30, 3, 0, "cross_entropy", 40)
-    recipe, batches = _recipe_and_batches(rng, "sgd", 30, 120, n_paths=3)
-    full = np.asarray(simulate(factored, problem, recipe, batches=batches)["loss"])
-    lazy = simulate(factored, problem, recipe, batches=batches)
+    run, full = _lazy_runs(6, "cross_entropy", "sgd")
+    full, lazy = np.asarray(full["loss"]), run()
     lazy._single_safe = False  # as if |z| or |F| could reach float32's range
     values, errors = lazy.refine("loss", [3, 50, 99])
     assert np.all(errors == 0)
