@@ -217,7 +217,6 @@ class JacobianFeatures(TransformerMixin, BaseEstimator):
                 n_jobs=self.n_jobs, max_memory=max_memory, verbose=self.verbose,
                 jacobian_method=self.jacobian_method, return_outputs=True)
             check_finite_outputs(f0)
-        self.n_outputs_ = int(f0.shape[1])
         return JacobianRows(rows, f0, None if targets is None else targets.numpy(),
                             n_params=self.n_params_, parameter_names=list(names),
                             projection=self.projection_, seed=self.seed_)
