@@ -8,6 +8,7 @@ from conftest import run_discrete as simulate_discrete
 from conftest import run_flow as solve_gradient_flow
 from sktt.dynamics import (epsilon_training_time, loss_gradient, loss_value, mse_closed_form,
                            smooth_curve, threshold_training_time)
+from sktt.dynamics._losses import loss_value_and_gradient
 from sktt.gram import ntk_eigh
 
 
@@ -29,6 +30,25 @@ def test_loss_gradient_matches_finite_differences(rng):
             e[idx] = 1e-6
             fd[idx] = (loss_value(F + e, targets, loss) - loss_value(F - e, targets, loss)) / 2e-6
         assert_allclose(g, fd, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("scale", [1.0, 400.0])  # the unshifted and the shifted forms
+def test_cross_entropy_matches_torch_with_path_axes(rng, scale):
+    """Value and gradient of the mean cross-entropy equal torch's (autograd) for outputs
+    with leading path axes, labels shared by the paths or per path, at small logits and at
+    logits large enough that exp(F) would overflow without the per-sample shift."""
+    torch = pytest.importorskip("torch")
+    F = rng.standard_normal((2, 4, 7, 5)) * scale
+    for labels in (rng.integers(0, 5, 7), rng.integers(0, 5, (2, 4, 7))):
+        value, grad = loss_value_and_gradient(F, labels, "cross_entropy")
+        Ft = torch.tensor(F, requires_grad=True)
+        yt = torch.as_tensor(np.broadcast_to(labels, F.shape[:-1]).copy())
+        ref = torch.nn.functional.cross_entropy(Ft.reshape(-1, 5), yt.reshape(-1),
+                                                reduction="none").reshape(2, 4, 7).mean(-1)
+        ref.sum().backward()
+        assert_allclose(value, ref.detach().numpy(), rtol=1e-12, atol=1e-12)
+        assert_allclose(grad, Ft.grad.numpy(), rtol=1e-12, atol=1e-15)
+        assert_allclose(loss_value(F, labels, "cross_entropy"), value, rtol=0, atol=0)
 
 
 def test_mse_closed_form_equals_lsoda(rng):
