@@ -22,6 +22,8 @@ the full curve gives, at a fraction of its cost when the bounds are tight.
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
+from ._factored import FactoredCurves
+
 __all__ = ["check_eps", "check_threshold", "epsilon_training_time", "threshold_training_time",
            "smooth_curve", "training_times"]
 
@@ -175,8 +177,10 @@ def training_times(curves, key, values, *, kind, smooth=None, per_path=False):
         The mean curve at steps 0 and T (after smoothing).
     """
     flat = np.atleast_1d(values)
+    # (an isinstance test, not getattr with a default: an error inside the property must
+    # not pass for "read the full curves")
     bounded = (smooth is None and key in ("loss", "eval_loss")
-               and getattr(curves, "certainly_finite", False))
+               and isinstance(curves, FactoredCurves) and curves.certainly_finite)
     if bounded:
         ends = curves.at(key, [0, curves.n_steps])  # (P, 2)
         first, last = ends.mean(axis=0)

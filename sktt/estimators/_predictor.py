@@ -22,6 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 from ..dynamics import (LOSSES, LinearizedProblem, check_batches, check_eps, check_targets,
                         check_threshold, labels_of, simulate, training_times)
 from ..dynamics._displacement import max_curvature
+from ..dynamics._factored import FactoredCurves
 from ..exceptions import (DivergenceError, DivergenceWarning, EpsilonWarning,
                           LinearizationWarning, NotFittedError, ThresholdNotReachedError)
 from ..gradients import as_inputs, first_outputs, n_samples_of, ntk_from_model
@@ -819,7 +820,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         diverges iff its stability ratio exceeds 1, whatever ``n_steps`` shows).
         """
         recipe = setting.recipe
-        if getattr(out, "certainly_finite", False):  # a factored run: its ends, not every step
+        if isinstance(out, FactoredCurves) and out.certainly_finite:  # its ends, not every step
             mean = out.at("loss", [0, recipe.n_steps]).mean(axis=0)
         else:
             loss = np.asarray(out["loss"], dtype=np.float64)
