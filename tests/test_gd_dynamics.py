@@ -39,7 +39,8 @@ def test_cross_entropy_matches_torch_with_path_axes(rng, scale):
     logits large enough that exp(F) would overflow without the per-sample shift."""
     torch = pytest.importorskip("torch")
     F = rng.standard_normal((2, 4, 7, 5)) * scale
-    for labels in (rng.integers(0, 5, 7), rng.integers(0, 5, (2, 4, 7))):
+    for labels, F in ((rng.integers(0, 5, 7), F), (rng.integers(0, 5, (2, 4, 7)), F),
+                      (rng.integers(0, 5, 7), np.asfortranarray(F))):  # any memory layout
         value, grad = loss_value_and_gradient(F, labels, "cross_entropy")
         Ft = torch.tensor(F, requires_grad=True)
         yt = torch.as_tensor(np.broadcast_to(labels, F.shape[:-1]).copy())

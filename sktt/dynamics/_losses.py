@@ -71,21 +71,23 @@ def loss_value_and_gradient(F, targets, loss, *, gradient=True):
     module docstring are written."""
     n, c = F.shape[-2:]
     if loss == "cross_entropy":
-        # the labels' positions (F.shape[:-1] + (1,)): targets may carry leading axes too
-        at = np.broadcast_to(np.asarray(targets)[..., None], F.shape[:-1] + (1,))
-        picked = np.take_along_axis(F, at, axis=-1)[..., 0]  # F_{i, y_i}
+        # the labels' positions in the rows of F.reshape(-1, C) (targets may carry
+        # leading axes too)
+        labels = np.broadcast_to(targets, F.shape[:-1]).reshape(-1)
+        at = (np.arange(labels.size), labels)
+        picked = F.reshape(-1, c)[at].reshape(F.shape[:-1])  # F_{i, y_i}
         if F.size and np.abs(F).max() < _UNSHIFTED_RANGE:
-            e = np.exp(F)
+            e = np.exp(F, order="C")  # C order: the label update below writes a view
         else:  # the stable form: shift each sample by its largest output
             shift = F.max(axis=-1, keepdims=True)
-            e = np.exp(F - shift)
+            e = np.exp(F - shift, order="C")
             picked = picked - shift[..., 0]
         total = e @ np.ones(c)  # Σ_c exp, as a product: faster than a sum over a short axis
         value = (np.log(total) - picked).mean(axis=-1)
         if not gradient:
             return value, None
         e /= total[..., None]  # softmax
-        np.put_along_axis(e, at, np.take_along_axis(e, at, axis=-1) - 1.0, axis=-1)
+        e.reshape(-1, c)[at] -= 1.0
         e /= n
         return value, e
     diff = F - targets
