@@ -233,9 +233,15 @@ def _probe_samples(est):
 
 def _subset_kernel(est, weights, sub):
     """Θ at ``weights`` on the samples ``sub``, estimated exactly as ``fit`` did (same
-    projection and seed), on a copy of the model carrying the snapshot's buffers."""
+    projection and seed, and the fit's layer-wise plan when it kept one: the same path,
+    without its probe passes), on a copy of the model carrying the snapshot's buffers."""
     state = est._trust_state
-    model = copy.deepcopy(est.model)
+    plan = state.get("plan")
+    if plan is not None:  # the plan names module objects: of this model still (not replaced)?
+        modules = {id(m) for m in est.model.modules()}
+        plan = plan if all(id(m) in modules for m in plan.modules) else None
+    # one deepcopy: the plan's modules become the copy's modules
+    model, plan = copy.deepcopy((est.model, plan))
     named = dict(model.named_parameters(remove_duplicate=False))
     named_buffers = dict(model.named_buffers(remove_duplicate=False))
     with torch.no_grad():
@@ -250,7 +256,7 @@ def _subset_kernel(est, weights, sub):
         projection_dim=est.projection_dim,
         seed=est.seed_, chunk_size=est.chunk_size, n_jobs=None,
         max_memory=parse_memory("max_memory", est.max_memory),
-        jacobian_method=getattr(est, "jacobian_method", "auto"),
+        jacobian_method=getattr(est, "jacobian_method", "auto"), layerwise_plan=plan,
         min_chunks=1)  # a dozen samples: one chunk (within the budget), not 8 tiny ones
     return theta
 
@@ -397,11 +403,13 @@ class TrustMixin:
     """
 
     # -------------------------------------------------------------- fit
-    def _fit_trust(self, model, inputs, names):
-        """Snapshot what lazy re-computations need; diagnose the estimator's own settings."""
+    def _fit_trust(self, model, inputs, names, plan=None):
+        """Snapshot what lazy re-computations need; diagnose the estimator's own settings.
+
+        ``plan``: the fit's layer-wise plan (or None), reused by the kernel probe."""
         weights, buffers = _snapshot(model, names)
         self._trust_state = {"inputs": inputs, "names": list(names), "weights": weights,
-                             "buffers": buffers}
+                             "buffers": buffers, "plan": plan}
         self._trust_cache = {}
         self._trust_warned = set()
         for attr in ("trust_", "linearity_score_", "kernel_lambda_ratio_", "stability_ratio_",
