@@ -150,3 +150,48 @@ def test_probe_reuses_the_fits_layerwise_plan(monkeypatch):
     replaced = _subset_kernel(ttp, w1, sub)
     assert len(calls) == 3  # resolved on the model as it is
     assert np.array_equal(replaced, resolved)  # the snapshot's weights, the same structure
+
+
+class _BatchCentred(torch.nn.Module):
+    """Subtracts the batch mean in eval mode: samples are not independent, so "auto" takes
+    the torch.func path."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc(x - 0.1 * x.mean(0, keepdim=True))
+
+
+def test_probe_takes_the_fits_torch_func_path_without_probing(monkeypatch):
+    """Where the fit's plan was None (torch.func), the probe runs torch.func directly: the
+    model is probed once per fit, and the report is that of a probe resolving its path."""
+    import sktt.gradients._extraction as extraction_module
+    from sktt.estimators._trust import _probe_samples, _subset_kernel
+
+    calls = []
+    inner = extraction_module.plan_layerwise
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(extraction_module, "plan_layerwise", counted)
+    X, y = _data()
+    torch.manual_seed(0)
+    ttp = TrainingTimePredictor(_BatchCentred().eval(), projection="countsketch",
+                                projection_dim=128, lr=0.5, n_steps=20, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ttp.fit(X, y)
+    assert len(calls) == 1 and ttp._trust_state["plan"] is None
+    assert ttp._trust_state["path"] == "functorch"
+    sub = _probe_samples(ttp)
+    w1 = {k: w.to(torch.float64) * 1.1 for k, w in ttp._trust_state["weights"].items()}
+    direct = _subset_kernel(ttp, w1, sub)
+    assert len(calls) == 1
+    ttp._trust_state["path"] = None  # as before: the probe resolves its own path
+    resolved = _subset_kernel(ttp, w1, sub)
+    assert len(calls) == 2
+    assert np.array_equal(direct, resolved)

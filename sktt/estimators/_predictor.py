@@ -493,7 +493,8 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         self.seed_ = seed
         self._cache = {}
         self.seconds_per_step_ = {}  # step timings belong to the model of this fit
-        self._fit_trust(self.model, inputs, names, plan=plan)  # sktt.estimators._trust
+        self._fit_trust(self.model, inputs, names, plan=plan,  # sktt.estimators._trust
+                        path=extraction["jacobian_method"] if eval_set is None else None)
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
