@@ -185,18 +185,23 @@ def phase_predict(args):
     import sktt.estimators._predictor as predictor_module
     from sktt import TrainingTimePredictor
 
-    timings = {}
-    inner = predictor_module.ntk_from_model
+    timings = {"extraction": 0.0}
 
-    def timed_ntk(*a, **k):
-        _sync(torch, args.device)
-        t0 = time.perf_counter()
-        out = inner(*a, **k)
-        _sync(torch, args.device)
-        timings["extraction"] = time.perf_counter() - t0
-        return out
+    def timed(inner):
+        def run(*a, **k):
+            _sync(torch, args.device)
+            t0 = time.perf_counter()
+            out = inner(*a, **k)
+            _sync(torch, args.device)
+            timings["extraction"] += time.perf_counter() - t0
+            return out
 
-    predictor_module.ntk_from_model = timed_ntk
+        return run
+
+    # the extraction: the layer-wise plan (resolved by fit, reused by the trust probe) and
+    # the Jacobian rows and Θ
+    for name in ("resolve_layerwise_plan", "ntk_from_model"):
+        setattr(predictor_module, name, timed(getattr(predictor_module, name)))
     rss0, _ = _peak(torch, args.device)
     projection = None if args.projection == "none" else args.projection
     ttp = TrainingTimePredictor(model, lr=1e-3, n_steps=T_STEPS, projection=projection,
@@ -206,6 +211,7 @@ def phase_predict(args):
     # Warm-up on a few samples: one-off costs of a process (CUDA/cuDNN/cuFFT handles,
     # kernel selection) are not the prediction's, as the training phase discards step 0.
     TrainingTimePredictor(**ttp.get_params()).fit(X[:8], y[:8]).predict_curve()
+    timings["extraction"] = 0.0
     profiler = _start_profile(args)
     _sync(torch, args.device)
     t0 = time.perf_counter()

@@ -99,3 +99,99 @@ def test_factored_trust_report_equals_the_dense_one(settings):
     for name, value in dense.group_displacement.items():
         assert_allclose(factored.group_displacement[name], value, rtol=1e-9)
 
+
+
+def _conv_net(seed=0):
+    torch.manual_seed(seed)
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
+    net[1].running_mean.uniform_(-0.1, 0.1)  # non-trivial running statistics
+    return net.eval()
+
+
+def test_probe_reuses_the_fits_layerwise_plan(monkeypatch):
+    """The probe's kernel at w_T runs on the fit's layer-wise plan (mapped onto its copy of
+    the model): one plan per fit instead of two, and the same Θ block, bit for bit, as a
+    probe that resolves its own plan; a module replaced after fit makes it resolve anew."""
+    import sktt.estimators._predictor as predictor_module
+    import sktt.gradients._extraction as extraction_module
+    from sktt.estimators._trust import _probe_samples, _subset_kernel
+
+    calls = []
+    for module in (predictor_module, extraction_module):
+        inner = module.resolve_layerwise_plan
+
+        def counted(*args, _inner=inner, **kwargs):
+            calls.append(1)
+            return _inner(*args, **kwargs)
+
+        monkeypatch.setattr(module, "resolve_layerwise_plan", counted)
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(30, 2, 5, 5, generator=g), torch.randint(0, 3, (30,), generator=g)
+    ttp = TrainingTimePredictor(_conv_net(), projection="countsketch", projection_dim=256,
+                                lr=0.5, n_steps=20, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the level's warning is not what is tested
+        ttp.fit(X, y)
+    assert len(calls) == 1  # the fit's; the probe reused it
+    assert ttp._trust_state["plan"] is not None
+    assert ttp.trust_.trace_ratio != 1.0  # a non-linear net: the probe measured something
+    sub = _probe_samples(ttp)
+    w1 = {k: w.to(torch.float64) * 1.1 for k, w in ttp._trust_state["weights"].items()}
+    reused = _subset_kernel(ttp, w1, sub)
+    assert len(calls) == 1
+    plan = ttp._trust_state.pop("plan")
+    resolved = _subset_kernel(ttp, w1, sub)
+    assert len(calls) == 2
+    assert np.array_equal(reused, resolved)
+    ttp._trust_state["plan"] = plan
+    ttp.model[4] = torch.nn.Linear(4 * 5 * 5, 3)  # the plan's Linear is no longer the model's
+    replaced = _subset_kernel(ttp, w1, sub)
+    assert len(calls) == 3  # resolved on the model as it is
+    assert np.array_equal(replaced, resolved)  # the snapshot's weights, the same structure
+
+
+class _BatchCentred(torch.nn.Module):
+    """Subtracts the batch mean in eval mode: samples are not independent, so "auto" takes
+    the torch.func path."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc(x - 0.1 * x.mean(0, keepdim=True))
+
+
+def test_probe_takes_the_fits_torch_func_path_without_probing(monkeypatch):
+    """Where the fit's plan was None (torch.func), the probe runs torch.func directly: the
+    model is probed once per fit, and the report is that of a probe resolving its path."""
+    import sktt.gradients._extraction as extraction_module
+    from sktt.estimators._trust import _probe_samples, _subset_kernel
+
+    calls = []
+    inner = extraction_module.plan_layerwise
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(extraction_module, "plan_layerwise", counted)
+    X, y = _data()
+    torch.manual_seed(0)
+    ttp = TrainingTimePredictor(_BatchCentred().eval(), projection="countsketch",
+                                projection_dim=128, lr=0.5, n_steps=20, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ttp.fit(X, y)
+    assert len(calls) == 1 and ttp._trust_state["plan"] is None
+    assert ttp._trust_state["path"] == "functorch"
+    sub = _probe_samples(ttp)
+    w1 = {k: w.to(torch.float64) * 1.1 for k, w in ttp._trust_state["weights"].items()}
+    direct = _subset_kernel(ttp, w1, sub)
+    assert len(calls) == 1
+    ttp._trust_state["path"] = None  # as before: the probe resolves its own path
+    resolved = _subset_kernel(ttp, w1, sub)
+    assert len(calls) == 2
+    assert np.array_equal(direct, resolved)

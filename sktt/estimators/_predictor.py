@@ -25,7 +25,8 @@ from ..dynamics._displacement import max_curvature
 from ..dynamics._factored import FactoredCurves
 from ..exceptions import (DivergenceError, DivergenceWarning, EpsilonWarning,
                           LinearizationWarning, NotFittedError, ThresholdNotReachedError)
-from ..gradients import as_inputs, first_outputs, n_samples_of, ntk_from_model
+from ..gradients import (as_inputs, first_outputs, n_samples_of, ntk_from_model,
+                         resolve_layerwise_plan)
 from ..gram import DenseKernel, FactoredKernel, check_ntk
 from ..training import measure_step_time
 from ..utils import check_choice, check_int, check_steps, derive_seed, parse_memory, root_seed
@@ -456,7 +457,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
                               chunk_size=self.chunk_size, n_jobs=self.n_jobs,
                               max_memory=max_memory, verbose=self.verbose,
                               jacobian_method=self.jacobian_method)
-            eval_inputs = eval_f0 = eval_targets = cross = eval_rows = None
+            eval_inputs = eval_f0 = eval_targets = cross = eval_rows = plan = None
             if eval_set is not None:
                 eval_inputs, eval_targets = check_eval_set(
                     eval_set, inputs, loss=self.loss, n_outputs=n_outputs, float_dtype=dtype)
@@ -473,8 +474,14 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
                 if not np.all(np.isfinite(eval_f0)):
                     raise ValueError(_EVAL_OUTPUTS)
             else:
+                # the layer-wise plan is resolved here so that the trust diagnostic's probe
+                # reuses it (one probe of the model per fit, the same path as the fit's)
+                plan = resolve_layerwise_plan(model, inputs, names, self.jacobian_method)
+                if plan is None:  # the torch.func path: nothing to resolve again
+                    extraction["jacobian_method"] = "functorch"
                 ntk, rows, f0 = ntk_from_model(model, inputs, names, form_ntk=mode == "dense",
-                                               return_outputs=True, **extraction)
+                                               return_outputs=True, layerwise_plan=plan,
+                                               **extraction)
                 check_finite_outputs(f0)
             # the SDE's diagonal Σ needs the exact Jacobian once more (only when asked for)
             noise = fit_sde_noise(self, model, inputs, names, f0, targets, rows, max_memory)
@@ -487,7 +494,8 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         self.seed_ = seed
         self._cache = {}
         self.seconds_per_step_ = {}  # step timings belong to the model of this fit
-        self._fit_trust(self.model, inputs, names)  # sktt.estimators._trust
+        self._fit_trust(self.model, inputs, names, plan=plan,  # sktt.estimators._trust
+                        path=extraction["jacobian_method"] if eval_set is None else None)
         self.fit_seconds_ = time.perf_counter() - start
         return self
 

@@ -233,9 +233,17 @@ def _probe_samples(est):
 
 def _subset_kernel(est, weights, sub):
     """Θ at ``weights`` on the samples ``sub``, estimated exactly as ``fit`` did (same
-    projection and seed), on a copy of the model carrying the snapshot's buffers."""
+    projection and seed, and the fit's path: its layer-wise plan, or ``torch.func``,
+    without resolving it again), on a copy of the model carrying the snapshot's buffers."""
     state = est._trust_state
-    model = copy.deepcopy(est.model)
+    plan, method = state.get("plan"), state.get("path")
+    if plan is not None:  # the plan names module objects: of this model still (not replaced)?
+        modules = {id(m) for m in est.model.modules()}
+        if not all(id(m) in modules for m in plan.modules):
+            plan = method = None  # resolved anew below
+    method = method or getattr(est, "jacobian_method", "auto")
+    # one deepcopy: the plan's modules become the copy's modules
+    model, plan = copy.deepcopy((est.model, plan))
     named = dict(model.named_parameters(remove_duplicate=False))
     named_buffers = dict(model.named_buffers(remove_duplicate=False))
     with torch.no_grad():
@@ -250,7 +258,7 @@ def _subset_kernel(est, weights, sub):
         projection_dim=est.projection_dim,
         seed=est.seed_, chunk_size=est.chunk_size, n_jobs=None,
         max_memory=parse_memory("max_memory", est.max_memory),
-        jacobian_method=getattr(est, "jacobian_method", "auto"),
+        jacobian_method=method, layerwise_plan=plan,
         min_chunks=1)  # a dozen samples: one chunk (within the budget), not 8 tiny ones
     return theta
 
@@ -397,11 +405,16 @@ class TrustMixin:
     """
 
     # -------------------------------------------------------------- fit
-    def _fit_trust(self, model, inputs, names):
-        """Snapshot what lazy re-computations need; diagnose the estimator's own settings."""
+    def _fit_trust(self, model, inputs, names, plan=None, path=None):
+        """Snapshot what lazy re-computations need; diagnose the estimator's own settings.
+
+        ``plan`` and ``path``: the fit's layer-wise plan (or None) and the
+        ``jacobian_method`` its extraction ran with ("functorch" where the plan
+        was None; None when the fit did not resolve one): the kernel probe takes
+        the same path without resolving it again."""
         weights, buffers = _snapshot(model, names)
         self._trust_state = {"inputs": inputs, "names": list(names), "weights": weights,
-                             "buffers": buffers}
+                             "buffers": buffers, "plan": plan, "path": path}
         self._trust_cache = {}
         self._trust_warned = set()
         for attr in ("trust_", "linearity_score_", "kernel_lambda_ratio_", "stability_ratio_",

@@ -396,7 +396,7 @@ def group_parameters(named_sizes, n_rows, budget, *, too_big=_too_big_for_exact_
 def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projection_dim=2048,
                    seed=0, chunk_size=None, n_jobs=None, max_memory, verbose=0,
                    jacobian_method="auto", form_ntk=True, rows_dir=None, output=None,
-                   min_chunks=MIN_CHUNKS, return_outputs=False):
+                   min_chunks=MIN_CHUNKS, return_outputs=False, layerwise_plan=None):
     """The empirical NTK Θ (float64, ``(N·C, N·C)``) and, if projected, the projected rows.
 
     Parameters
@@ -443,6 +443,11 @@ def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projecti
         (:func:`full_jacobian_rows` too); the batch size of a forward pass
         changes the last bits of its outputs, so they may differ from
         :func:`model_outputs` by round-off.
+    layerwise_plan : LayerwisePlan or None, default=None
+        What :func:`resolve_layerwise_plan` returned for this ``model`` (its
+        module objects), ``names`` and ``jacobian_method``, to skip the probe
+        passes that resolve it (the trust diagnostic's probe reuses the fit's
+        plan on its copy of the model); None resolves it here.
 
     Returns
     -------
@@ -468,7 +473,8 @@ def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projecti
             "(projection='countsketch', ntk='factored': the projected rows take "
             f"{format_bytes(n_rows * 4)} per projection dimension and Θ is never formed); "
             "or measure the spectrum on a subset and extrapolate with GramSpectrum.")
-    plan = resolve_layerwise_plan(model, inputs, names, jacobian_method)
+    plan = (resolve_layerwise_plan(model, inputs, names, jacobian_method)
+            if layerwise_plan is None else layerwise_plan)
     params = dict(model.named_parameters())
     sizes = [(name, params[name].numel()) for name in names]
     n_params = sum(d for _, d in sizes)
