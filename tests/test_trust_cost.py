@@ -195,3 +195,36 @@ def test_probe_takes_the_fits_torch_func_path_without_probing(monkeypatch):
     resolved = _subset_kernel(ttp, w1, sub)
     assert len(calls) == 2
     assert np.array_equal(direct, resolved)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_vjp_skips_samples_with_zero_cotangents(monkeypatch, streamed):
+    """Jᵀv over only the samples whose cotangents are not all zero (an SGD displacement
+    shorter than an epoch leaves the others untouched) equals the product over every
+    sample, computed by autograd on the whole set; the skipped samples are never run."""
+    from sktt.gradients import as_inputs
+    from sktt.gradients._probes import JacobianOperator
+
+    torch.manual_seed(3)
+    model = _tanh_net().double().eval()
+    X, y = _data(n=30)
+    X = X.double()
+    rng = np.random.default_rng(4)
+    cot = rng.normal(size=(2, 30, 3))
+    cot[:, [0, 4, 5, 17, 29]] = 0.0  # untouched samples (both cotangents)
+    cot[0, 9] = 0.0  # zero in one cotangent only: still run
+    data = torch.utils.data.TensorDataset(X, y) if streamed else X
+    inputs, _ = as_inputs(data, None if streamed else y, float_dtype=torch.float64)
+    names = [n for n, _ in model.named_parameters()]
+    op = JacobianOperator(model, names, inputs, chunk_size=7)
+    seen = []
+    run = op._loop_vjp
+    monkeypatch.setattr(op, "_loop_vjp", lambda x, c: seen.append(len(c[0])) or run(x, c))
+    out = op.vjp(cot)
+    assert sum(seen) == 25 and max(seen) == 7
+    for k in range(2):
+        f = model(X)
+        ref = torch.autograd.grad((f * torch.as_tensor(cot[k])).sum(), list(model.parameters()))
+        for n, r in zip(names, ref):
+            assert_allclose(out[k][n].numpy(), r.numpy(), rtol=1e-12, atol=1e-14)
+    assert all(float(g.abs().sum()) == 0 for g in op.vjp(np.zeros((30, 3))).values())

@@ -69,9 +69,14 @@ class JacobianOperator:
         self.n_samples = self.inputs.n_samples
 
     # ------------------------------------------------------------------ basics
-    def _chunks(self):
-        for start in range(0, self.n_samples, self.chunk_size):
-            sl = slice(start, min(start + self.chunk_size, self.n_samples))
+    def _chunks(self, samples=None):
+        """``(index, inputs)`` of consecutive chunks of the samples (of ``samples`` only: an
+        increasing index array, each chunk then indexed by an array)."""
+        n = self.n_samples if samples is None else len(samples)
+        for start in range(0, n, self.chunk_size):
+            sl = slice(start, min(start + self.chunk_size, n))
+            if samples is not None:
+                sl = samples[sl]
             yield sl, self.inputs[sl].to(self.device)
 
     def _forward(self, params, x):
@@ -99,6 +104,8 @@ class JacobianOperator:
         All cotangents share one forward pass per chunk (``retain_graph``).
         (A ``vmap`` over ``torch.func.vjp`` would batch the backward passes, but
         its first use imports torch's symbolic-shape machinery, ~5-15 s.)
+        Samples whose cotangents are all exactly zero contribute nothing and are
+        skipped (an SGD run shorter than a few epochs leaves many untouched).
 
         Parameters
         ----------
@@ -114,7 +121,8 @@ class JacobianOperator:
         v = v[None] if single else v
         acc = {n: torch.zeros((len(v),) + tuple(p.shape), dtype=torch.float64, device=self.device)
                for n, p in self.params.items()}
-        for sl, x in self._chunks():
+        touched = np.flatnonzero(np.any(v != 0, axis=(0, 2)))
+        for sl, x in self._chunks(None if len(touched) == self.n_samples else touched):
             cot = torch.as_tensor(v[:, sl], dtype=self.dtype, device=self.device)
             grads = self._loop_vjp(x, cot)
             for n in acc:
