@@ -105,7 +105,7 @@ class JacobianOperator:
         (A ``vmap`` over ``torch.func.vjp`` would batch the backward passes, but
         its first use imports torch's symbolic-shape machinery, ~5-15 s.)
         Samples whose cotangents are all exactly zero contribute nothing and are
-        skipped (an SGD run shorter than a few epochs leaves many untouched).
+        skipped (an SGD run shorter than an epoch never draws some samples).
 
         Parameters
         ----------
