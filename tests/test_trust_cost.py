@@ -141,7 +141,7 @@ def test_probe_reuses_the_fits_layerwise_plan(monkeypatch):
     w1 = {k: w.to(torch.float64) * 1.1 for k, w in ttp._trust_state["weights"].items()}
     reused = _subset_kernel(ttp, w1, sub)
     assert len(calls) == 1
-    plan = ttp._trust_state.pop("plan")
+    plan, ttp._trust_state["plan"] = ttp._trust_state["plan"], None  # as if none was kept
     resolved = _subset_kernel(ttp, w1, sub)
     assert len(calls) == 2
     assert np.array_equal(reused, resolved)
@@ -150,6 +150,10 @@ def test_probe_reuses_the_fits_layerwise_plan(monkeypatch):
     replaced = _subset_kernel(ttp, w1, sub)
     assert len(calls) == 3  # resolved on the model as it is
     assert np.array_equal(replaced, resolved)  # the snapshot's weights, the same structure
+    with warnings.catch_warnings():  # the joint extraction with eval_set takes the plan too
+        warnings.simplefilter("ignore")
+        ttp.fit(X[:20], y[:20], eval_set=(X[20:], y[20:]))
+    assert len(calls) == 4 and ttp._trust_state["plan"] is not None
 
 
 class _BatchCentred(torch.nn.Module):

@@ -452,12 +452,17 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
                 n_params=sum(p.numel() for p in params),
                 projection_dim=self.projection_dim, jacobian_method=self.jacobian_method)
             mode = self._ntk_mode(n_samples * n_outputs, max_memory, self.projection_)
+            # the layer-wise plan is resolved once per fit: the extraction (joint with
+            # eval_set or not) and the trust diagnostic's probe take it (one probe of the
+            # model, the same path); None is the torch.func path
+            plan = resolve_layerwise_plan(model, inputs, names, self.jacobian_method)
             extraction = dict(n_outputs=n_outputs, projection=self.projection_,
                               projection_dim=self.projection_dim, seed=seed,
                               chunk_size=self.chunk_size, n_jobs=self.n_jobs,
                               max_memory=max_memory, verbose=self.verbose,
-                              jacobian_method=self.jacobian_method)
-            eval_inputs = eval_f0 = eval_targets = cross = eval_rows = plan = None
+                              jacobian_method="functorch" if plan is None
+                              else self.jacobian_method, layerwise_plan=plan)
+            eval_inputs = eval_f0 = eval_targets = cross = eval_rows = None
             if eval_set is not None:
                 eval_inputs, eval_targets = check_eval_set(
                     eval_set, inputs, loss=self.loss, n_outputs=n_outputs, float_dtype=dtype)
@@ -474,14 +479,8 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
                 if not np.all(np.isfinite(eval_f0)):
                     raise ValueError(_EVAL_OUTPUTS)
             else:
-                # the layer-wise plan is resolved here so that the trust diagnostic's probe
-                # reuses it (one probe of the model per fit, the same path as the fit's)
-                plan = resolve_layerwise_plan(model, inputs, names, self.jacobian_method)
-                if plan is None:  # the torch.func path: nothing to resolve again
-                    extraction["jacobian_method"] = "functorch"
                 ntk, rows, f0 = ntk_from_model(model, inputs, names, form_ntk=mode == "dense",
-                                               return_outputs=True, layerwise_plan=plan,
-                                               **extraction)
+                                               return_outputs=True, **extraction)
                 check_finite_outputs(f0)
             # the SDE's diagonal Σ needs the exact Jacobian once more (only when asked for)
             noise = fit_sde_noise(self, model, inputs, names, f0, targets, rows, max_memory)
@@ -495,7 +494,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         self._cache = {}
         self.seconds_per_step_ = {}  # step timings belong to the model of this fit
         self._fit_trust(self.model, inputs, names, plan=plan,  # sktt.estimators._trust
-                        path=extraction["jacobian_method"] if eval_set is None else None)
+                        path=extraction["jacobian_method"])
         self.fit_seconds_ = time.perf_counter() - start
         return self
 

@@ -236,7 +236,7 @@ def _subset_kernel(est, weights, sub):
     projection and seed, and the fit's path: its layer-wise plan, or ``torch.func``,
     without resolving it again), on a copy of the model carrying the snapshot's buffers."""
     state = est._trust_state
-    plan, method = state.get("plan"), state.get("path")
+    plan, method = state["plan"], state["path"]
     if plan is not None:  # the plan names module objects: of this model still (not replaced)?
         modules = {id(m) for m in est.model.modules()}
         if not all(id(m) in modules for m in plan.modules):
@@ -405,13 +405,13 @@ class TrustMixin:
     """
 
     # -------------------------------------------------------------- fit
-    def _fit_trust(self, model, inputs, names, plan=None, path=None):
+    def _fit_trust(self, model, inputs, names, plan, path):
         """Snapshot what lazy re-computations need; diagnose the estimator's own settings.
 
         ``plan`` and ``path``: the fit's layer-wise plan (or None) and the
         ``jacobian_method`` its extraction ran with ("functorch" where the plan
-        was None; None when the fit did not resolve one): the kernel probe takes
-        the same path without resolving it again."""
+        was None): the kernel probe takes the same path without resolving it
+        again."""
         weights, buffers = _snapshot(model, names)
         self._trust_state = {"inputs": inputs, "names": list(names), "weights": weights,
                              "buffers": buffers, "plan": plan, "path": path}
