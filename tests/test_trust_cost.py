@@ -232,3 +232,53 @@ def test_vjp_skips_samples_with_zero_cotangents(monkeypatch, streamed):
         for n, r in zip(names, ref):
             assert_allclose(out[k][n].numpy(), r.numpy(), rtol=1e-12, atol=1e-14)
     assert all(float(g.abs().sum()) == 0 for g in op.vjp(np.zeros((30, 3))).values())
+
+
+class _StridedFlatten(torch.nn.Module):
+    """Flattens by reading the storage in NCHW order (as_strided): a model that relies on
+    its input's strides, silently wrong on channels-last tensors."""
+
+    def forward(self, x):
+        return x.as_strided((x.shape[0], x[0].numel()), (x[0].numel(), 1))
+
+
+class _ViewFlatten(torch.nn.Module):
+    """Flattens with ``.view``, which raises on a channels-last conv output."""
+
+    def forward(self, x):
+        return x.view(x.shape[0], -1)
+
+
+def _convnet(flatten):
+    torch.manual_seed(0)
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), flatten,
+                         nn.Linear(4 * 4 * 4, 3)).double().eval()
+
+
+@pytest.mark.parametrize("flatten, channels_last", [(torch.nn.Flatten(), True),
+                                                    (_ViewFlatten(), False),
+                                                    (_StridedFlatten(), False)])
+def test_vjp_runs_convnets_on_channels_last_images_when_outputs_agree(monkeypatch, flatten,
+                                                                      channels_last):
+    """A convnet's image chunks run channels-last (faster on the CPU) when the model gives
+    the same outputs that way; a model that raises on those strides (``.view``) or reads
+    them wrongly (``as_strided``) keeps its inputs as they are. Jᵀv equals autograd on
+    the NCHW inputs either way."""
+    from sktt.gradients._probes import JacobianOperator
+
+    model = _convnet(flatten)
+    X = torch.randn(20, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    cot = np.random.default_rng(2).normal(size=(20, 3))
+    names = [n for n, _ in model.named_parameters()]
+    op = JacobianOperator(model, names, X, chunk_size=8)
+    layouts = []
+    run = op._loop_vjp
+    monkeypatch.setattr(op, "_loop_vjp", lambda x, c: layouts.append(
+        x.args[0].is_contiguous(memory_format=torch.channels_last)) or run(x, c))
+    out = op.vjp(cot)
+    assert op._channels_last is channels_last and layouts == [channels_last] * 3
+    f = model(X)
+    ref = torch.autograd.grad((f * torch.as_tensor(cot)).sum(), list(model.parameters()))
+    for n, r in zip(names, ref):
+        assert_allclose(out[n].numpy(), r.numpy(), rtol=1e-10, atol=1e-13)

@@ -100,6 +100,17 @@ class ModelInputs:
         """The same inputs on ``device`` (dtypes unchanged)."""
         return self._map(lambda t: t.to(device))
 
+    @property
+    def has_images(self):
+        """Whether some input is a floating (samples, channels, height, width) tensor."""
+        return any(t.ndim == 4 and t.is_floating_point() for _, t in self.tensors())
+
+    def channels_last(self):
+        """The same inputs with every floating 4-D tensor in ``torch.channels_last`` memory
+        format (the values, shapes and dtypes unchanged; only the strides differ)."""
+        return self._map(lambda t: t.contiguous(memory_format=torch.channels_last)
+                         if t.ndim == 4 and t.is_floating_point() else t)
+
     def bind_output(self, output):
         """The same inputs with the logits selector ``output`` bound (None keeps the current)."""
         if output is None:
