@@ -137,8 +137,9 @@ def test_bounded_training_times_equal_the_full_curves(name, loss):
 def test_refined_bounds_stay_below_the_curve(loss):
     """Every anchor added by ``refine`` only raises the bounds, which stay below the exact
     curve everywhere (weight decay and momentum: the state carries fixed directions) and
-    meet it at the anchors up to the float32 round-off bounds; the refined values lie within
-    their error bars, which are small; on the training and the held-out loss."""
+    meet it at the anchors up to the float32 round-off bounds; the refined values, and the
+    values computed without a plane, lie within their error bars, which are small; on the
+    training and the held-out loss."""
     run, full = _lazy_runs(4, loss, "weight_decay", n_eval=9, T=150)
     lazy = run()
     rng = np.random.default_rng(14)  # the steps to refine
@@ -153,6 +154,11 @@ def test_refined_bounds_stay_below_the_curve(loss):
         assert np.all(after >= before) and np.any(after > before + 1e-6)
         assert np.all(after <= exact + 1e-10)
         assert_allclose(after[:, steps], exact[:, steps], rtol=1e-4)
+        others = np.setdiff1d(np.arange(151), steps)[::5]  # values without planes
+        values, errors = lazy.approximate(key, others)
+        assert np.all(np.abs(values - exact[:, others]) <= errors)
+        assert np.all(errors > 0) and np.all(errors < 2e-4 * np.abs(exact[:, others]))
+        assert np.array_equal(lazy.loss_lower_bounds(key), after)  # no anchor added
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "mse"])

@@ -67,7 +67,7 @@ def _directions(problem, recipe, momentum_buffer, n_all, c):
 
 
 _UNIT = 2.0 ** -24  # float32 unit round-off
-_SINGLE_INNER = 256  # terms of one float32 inner product of the outputs J̃u (then float64 sums)
+_SINGLE_INNER = 256  # terms of one float32 inner product of the outputs J̃u (then float32 sums)
 _SINGLE_ROWS = 2048  # rows of one float32 product of the gradient J̃ᵀg (then float64 sums)
 _SINGLE_RANGE = 1e30  # |F| and |z| below this: no float32 product can overflow
 
@@ -90,11 +90,12 @@ def _blocks(kernel, F0, E, Z, *, eval_rows, single=False):
 
     Yields ``(samples, F, rows, E_block)``: the block's sample slice, its outputs
     (M, n_b, C), rows and fixed directions. The rows are float64 and ``F`` their exact
-    products; with ``single``, the stored float32 rows (no copy) and ``F`` from float32
-    inner products of ``_SINGLE_INNER`` terms summed in float64
-    (:func:`_single_precision_loss_error` bounds the difference). The float64 rows are
-    copied into one buffer, overwritten by the next block (a fresh array per block cost
-    twice the copy, in page faults: a third of an exact pass for a few states).
+    products; with ``single``, the stored float32 rows (no copy) and a float32 ``F``:
+    inner products of ``_SINGLE_INNER`` terms summed in float32, plus F0 and the fixed
+    directions rounded to float32 (:func:`_single_precision_loss_error` bounds the
+    difference; no float64 array of the block's outputs). The float64 rows are copied
+    into one buffer, overwritten by the next block (a fresh array per block cost twice
+    the copy, in page faults: a third of an exact pass for a few states).
     """
     part = kernel.eval_rows if eval_rows else kernel.rows
     offset = kernel.n_train_rows if eval_rows else 0
@@ -102,22 +103,25 @@ def _blocks(kernel, F0, E, Z, *, eval_rows, single=False):
     u = Z[:, :d].astype(np.float32) if single else Z[:, :d]
     buffer = None
     for s, e in kernel.row_blocks(width=Z.shape[0], eval_rows=eval_rows):
+        E_block = E[offset + s:offset + e]
+        F0_block = F0[(offset + s) // c:(offset + e) // c].reshape(-1)
         if single:
             rows = np.asarray(part[s:e], dtype=np.float32)  # (n_b·C, D0)
-            out = np.zeros((Z.shape[0], e - s))
-            for j in range(0, d, _SINGLE_INNER):
+            out = u[:, :_SINGLE_INNER] @ rows[:, :_SINGLE_INNER].T
+            for j in range(_SINGLE_INNER, d, _SINGLE_INNER):
                 out += u[:, j:j + _SINGLE_INNER] @ rows[:, j:j + _SINGLE_INNER].T
+            out += F0_block.astype(np.float32)
+            if E.shape[1]:
+                out += (Z[:, d:] @ E_block.T).astype(np.float32)
         else:
             if buffer is None:
                 buffer = np.empty((e - s, d))
             rows = buffer[:e - s]
             rows[...] = part[s:e]
-            out = u @ rows.T
-        E_block = E[offset + s:offset + e]
-        if E.shape[1]:
-            out += Z[:, d:] @ E_block.T
-        F = out.reshape(Z.shape[0], -1, c) + F0[(offset + s) // c:(offset + e) // c][None]
-        yield slice(s // c, e // c), F, rows, E_block
+            out = u @ rows.T + F0_block
+            if E.shape[1]:
+                out += Z[:, d:] @ E_block.T
+        yield slice(s // c, e // c), out.reshape(Z.shape[0], -1, c), rows, E_block
 
 
 def _transpose_product(g, rows):
@@ -153,27 +157,40 @@ def _curves(kernel, problem, F0, E, Z, *, eval_rows, gradient=False):
     return loss, error, grad
 
 
-def _single_precision_loss_error(kernel, problem, Z, loss, residual_l1, *, eval_rows):
+def _single_precision_loss_error(kernel, problem, F0, E, Z, loss, residual_l1, *, eval_rows):
     r"""Bounds on the float32 outputs' error, and on the mean loss's, at every state of ``Z``.
 
-    :math:`|\tilde F - F|_\infty \le e_F = \gamma_{258}\,\max_i|\tilde J_i|\,|u|` (inner
-    products of 256 float32 terms summed in float64, Cauchy–Schwarz);
-    :math:`|\tilde L - L| \le e_L`: ``2 e_F`` for cross-entropy (each sample's loss is
-    2-Lipschitz in the sup norm), :math:`2\,\overline{|r|}\,e_F + e_F^2` for squared error
-    (``residual_l1`` = :math:`\sum|r|`), plus a float64 round-off term on the loss itself
-    (sums over other blocks than an exact pass): a positive error sends near-ties to the
-    exact computation even at z = 0.
+    The outputs of :func:`_blocks` with ``single`` differ from the exact ones by at most
+    :math:`e_F = \gamma_{K + q + 1}\,\max_i|\tilde J_i|\,|u| + 5\,\mathrm{u}\,B`: float32
+    inner products of :math:`K` = 256 terms (the rounding of u to float32 and, for
+    float64 rows, of the rows adds one term each) summed in float32 over the
+    :math:`q = \lceil D_0/K\rceil` chunks, bounded by Cauchy–Schwarz; then up to four
+    float32 roundings (F0 and :math:`Ea` rounded, two sums) of numbers below
+    :math:`B = \max|F_0| + (1+\gamma)\max_i|\tilde J_i|\,|u| + \max_i|E_i|\,|a|`
+    (:math:`\mathrm{u} = 2^{-24}`; 5 instead of 4 absorbs the :math:`1 + \mathrm{u}`
+    factors). :math:`|\tilde L - L| \le e_L`: ``2 e_F`` for cross-entropy (each sample's
+    loss is 2-Lipschitz in the sup norm), :math:`2\,\overline{|r|}\,e_F + e_F^2` for squared
+    error (``residual_l1`` = :math:`\sum|r|`), plus a float64 round-off term on the loss
+    itself (sums over other blocks than an exact pass): a positive error sends near-ties
+    to the exact computation even at z = 0.
 
     Returns
     -------
     output_error, loss_error : ndarray of shape (M,)
     """
     _, _, n = _targets_of(problem, eval_rows)
-    d = kernel.dim
-    output_error = (_gamma(_SINGLE_INNER + 2) * kernel.max_row_norm(eval_rows=eval_rows)
-                    * np.linalg.norm(Z[:, :d], axis=1))
+    c, d = kernel.n_outputs, kernel.dim
+    n_train = kernel.n_train_rows // c
+    side = slice(n_train, None) if eval_rows else slice(0, n_train)
+    gamma = _gamma(_SINGLE_INNER + -(-d // _SINGLE_INNER) + 1)
+    moved = kernel.max_row_norm(eval_rows=eval_rows) * np.linalg.norm(Z[:, :d], axis=1)
+    largest = np.abs(F0[side]).max() + (1 + gamma) * moved
+    if E.shape[1]:
+        fixed = np.linalg.norm(E.reshape(-1, c, E.shape[1])[side], axis=-1).max()
+        largest = largest + fixed * np.linalg.norm(Z[:, d:], axis=1)
+    output_error = gamma * moved + 5 * _UNIT * largest
     if problem.loss == "mse":
-        loss_error = 2 * residual_l1 / (n * kernel.n_outputs) * output_error + output_error**2
+        loss_error = 2 * residual_l1 / (n * c) * output_error + output_error**2
     else:
         loss_error = 2 * output_error
     return output_error, loss_error + 1e-12 * np.maximum(np.abs(loss), 1.0)
@@ -209,6 +226,7 @@ def _single_precision_planes(kernel, problem, F0, E, Z, *, eval_rows):
     for samples, F, rows, E_block in _blocks(kernel, F0, E, Z, eval_rows=eval_rows,
                                              single=True):
         weight = (samples.stop - samples.start) / n
+        F = F.astype(np.float64)  # exact; the loss and its gradient in float64
         value, g = loss_value_and_gradient(F, targets[samples], problem.loss)
         loss += weight * value
         if problem.loss == "mse":
@@ -218,7 +236,7 @@ def _single_precision_planes(kernel, problem, F0, E, Z, *, eval_rows):
         grad_max = np.maximum(grad_max, np.abs(g).max(axis=1))
         grad[:, :d] += _transpose_product(g, rows)
         grad[:, d:] += g @ E_block
-    output_error, loss_error = _single_precision_loss_error(kernel, problem, Z, loss,
+    output_error, loss_error = _single_precision_loss_error(kernel, problem, F0, E, Z, loss,
                                                             residual_l1, eval_rows=eval_rows)
     gradient_error = (_gamma(_SINGLE_ROWS + 2) * grad_max
                       * np.linalg.norm(kernel.abs_column_sums(eval_rows=eval_rows)))
@@ -243,13 +261,14 @@ def _single_precision_losses(kernel, problem, F0, E, Z, *, eval_rows):
     for samples, F, _, _ in _blocks(kernel, F0, E, Z, eval_rows=eval_rows, single=True):
         weight = (samples.stop - samples.start) / n
         if problem.loss == "mse":
+            F = F.astype(np.float64)  # exact
             loss += weight * loss_value(F, targets[samples], problem.loss)
             residual_l1 += np.abs(F - targets[samples]).sum(axis=(1, 2))
         else:
             value, error = cross_entropy_single(F, targets[samples])
             loss += weight * value
             exp_error += weight * error
-    loss_error = _single_precision_loss_error(kernel, problem, Z, loss, residual_l1,
+    loss_error = _single_precision_loss_error(kernel, problem, F0, E, Z, loss, residual_l1,
                                               eval_rows=eval_rows)[1]
     return loss, loss_error + exp_error
 

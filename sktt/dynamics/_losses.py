@@ -117,7 +117,7 @@ def cross_entropy_single(F, targets):
 
     Parameters
     ----------
-    F : ndarray of shape (..., n, C), float64
+    F : ndarray of shape (..., n, C), float64 or float32
         Outputs with ``max|F| < 30`` (exponentials far from float32's range); larger ones
         are computed in float64 with error 0.
     targets : ndarray of shape (n,)
@@ -128,10 +128,11 @@ def cross_entropy_single(F, targets):
     value, error : ndarray of shape ``F.shape[:-2]``
     """
     n, c = F.shape[-2:]
-    single = F.astype(np.float32)
+    single = np.asarray(F, dtype=np.float32)
     largest = float(np.abs(single).max()) if F.size else 0.0
     if not largest < _UNSHIFTED_RANGE:
-        return loss_value(F, targets, "cross_entropy"), np.zeros(F.shape[:-2])
+        return (loss_value(np.asarray(F, dtype=np.float64), targets, "cross_entropy"),
+                np.zeros(F.shape[:-2]))
     labels = np.broadcast_to(targets, F.shape[:-1]).reshape(-1)
     picked = F.reshape(-1)[np.arange(labels.size) * c + labels].reshape(F.shape[:-1])
     total = np.exp(single) @ np.ones(c, dtype=np.float32)  # Σ_c exp(F_ic), float32
