@@ -137,8 +137,9 @@ def test_bounded_training_times_equal_the_full_curves(name, loss):
 def test_refined_bounds_stay_below_the_curve(loss):
     """Every anchor added by ``refine`` only raises the bounds, which stay below the exact
     curve everywhere (weight decay and momentum: the state carries fixed directions) and
-    meet it at the anchors up to the float32 round-off bounds; the refined values lie within
-    their error bars, which are small; on the training and the held-out loss."""
+    meet it at the anchors up to the float32 round-off bounds; the refined values, and the
+    values computed without a plane, lie within their error bars, which are small; on the
+    training and the held-out loss."""
     run, full = _lazy_runs(4, loss, "weight_decay", n_eval=9, T=150)
     lazy = run()
     rng = np.random.default_rng(14)  # the steps to refine
@@ -153,6 +154,11 @@ def test_refined_bounds_stay_below_the_curve(loss):
         assert np.all(after >= before) and np.any(after > before + 1e-6)
         assert np.all(after <= exact + 1e-10)
         assert_allclose(after[:, steps], exact[:, steps], rtol=1e-4)
+        others = np.setdiff1d(np.arange(151), steps)[::5]  # values without planes
+        values, errors = lazy.approximate(key, others)
+        assert np.all(np.abs(values - exact[:, others]) <= errors)
+        assert np.all(errors > 0) and np.all(errors < 2e-4 * np.abs(exact[:, others]))
+        assert np.array_equal(lazy.loss_lower_bounds(key), after)  # no anchor added
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
@@ -190,6 +196,86 @@ def test_float64_planes_where_float32_could_overflow():
     np.testing.assert_array_equal(times, ref)
     np.testing.assert_array_equal(path_times, ref_paths)
     assert not lazy._approx  # no float32 value was used
+
+
+def _flat_noisy_run(seed=0, T=300, n_paths=3):
+    """``run()`` simulating an SGD run whose mean loss is flat and noisy (a 16-dimensional
+    sketch of 60 samples × 3 classes, lr 2, batches of 4: it falls by 8e-4 over 300 steps
+    while consecutive steps differ by ~8e-3), and the full curves of one such run."""
+    rng = np.random.default_rng(seed)
+    n, c, d, b = 60, 3, 16, 4
+    rows = rng.standard_normal((n * c, d)).astype(np.float32) / np.sqrt(d)
+    y = rng.integers(0, c, n)
+    problem = LinearizedProblem(0.1 * rng.standard_normal((n, c)), y, "cross_entropy",
+                                labels=y)
+    factored = FactoredKernel(rows, c, block_bytes=4096)
+    recipe = TrainingRecipe.from_params(dict(n_steps=T, solver="discrete", lr=2.0,
+                                             batch_size=b))
+    batches = check_batches([np.stack([rng.choice(n, b, replace=False)
+                                       for _ in range(n_paths)]) for _ in range(T)], n, T)
+
+    def run():
+        return simulate(factored, problem, recipe, batches=batches)
+
+    return run, np.asarray(run()["loss"])
+
+
+def _valued_only(lazy):
+    """Steps whose loss the search computed as a value (no anchor, no exact value)."""
+    points = lazy._points("train")
+    return lazy._valued("train") & ~lazy._anchored["train"] & ~points["known"]
+
+
+def test_flat_noisy_curve_is_searched_by_values():
+    """A flat, noisy curve: the tangent planes stop ruling steps out, the search computes
+    the open steps as values (no plane) and finds the full curve's times, for every ε and
+    τ, on the mean curve and every path."""
+    run, full = _flat_noisy_run()
+    mean = full.mean(axis=0)
+    drop = abs(mean[0] - mean[-1])
+    levels = np.unique(full)
+    mid = (levels[:-1] + levels[1:]) / 2
+    for kind, values, n_values in (
+            ("eps", drop * np.array([0.02, 0.05, 0.1, 0.3]), 200),
+            ("threshold", mid[np.linspace(0, len(mid) - 1, 6).astype(int)], 20)):
+        lazy = run()
+        times, path_times, _, _ = training_times(lazy, "loss", values, kind=kind,
+                                                 per_path=True)
+        ref, ref_paths = _full_times(full, values, kind)
+        np.testing.assert_array_equal(times, ref, err_msg=kind)
+        np.testing.assert_array_equal(path_times, ref_paths, err_msg=kind)
+        assert _valued_only(lazy).sum() > n_values, kind  # steps computed without a plane
+    lazy = run()
+    eps = 0.05 * drop
+    assert training_times(lazy, "loss", eps, kind="eps")[0] == epsilon_training_time(mean, eps)
+    values, errors = lazy.approximate("loss", np.flatnonzero(_valued_only(lazy)))
+    exact = full[:, _valued_only(lazy)]
+    assert np.all(np.abs(values - exact) <= errors) and np.all(errors < 1e-3 * exact)
+    # at z = 0 the float32 products are exact: the float32 exponentials' bound is the error
+    values, errors = run().approximate("loss", [0, 1, 150])
+    assert np.all(np.abs(values - full[:, [0, 1, 150]]) <= errors) and np.all(errors > 0)
+    assert np.any(values[:, 0] != full[:, 0])
+
+
+def test_near_ties_between_values_are_decided_exactly():
+    """ε and τ 1e-10 either side of the value of a step the search computes without a plane:
+    its error bar straddles them, the exact value decides, as on the full curve (an error
+    bar ignored, or a straddling step taken as failing or qualifying, gives another time)."""
+    run, full = _flat_noisy_run()
+    mean = full.mean(axis=0)
+    probe = run()
+    training_times(probe, "loss", 0.05 * abs(mean[0] - mean[-1]), kind="eps")
+    valued = np.flatnonzero(_valued_only(probe))
+    for t in valued[[0, len(valued) // 2, -1]]:
+        for side in (-1, 1):
+            eps = abs(mean[t] - mean[-1]) + side * 1e-10
+            tau = mean[t] + side * 1e-10
+            for kind, value in (("eps", eps), ("threshold", tau)):
+                lazy = run()
+                times, path_times, _, _ = training_times(lazy, "loss", value, kind=kind,
+                                                         per_path=True)
+                ref, ref_paths = _full_times(full, value, kind)
+                assert times == ref and np.array_equal(path_times, ref_paths), (t, side, kind)
 
 
 def test_bounded_search_is_tight_on_a_smooth_curve():

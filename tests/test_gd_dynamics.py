@@ -8,7 +8,7 @@ from conftest import run_discrete as simulate_discrete
 from conftest import run_flow as solve_gradient_flow
 from sktt.dynamics import (epsilon_training_time, loss_gradient, loss_value, mse_closed_form,
                            smooth_curve, threshold_training_time)
-from sktt.dynamics._losses import loss_value_and_gradient
+from sktt.dynamics._losses import cross_entropy_single, loss_value_and_gradient
 from sktt.gram import ntk_eigh
 
 
@@ -50,6 +50,24 @@ def test_cross_entropy_matches_torch_with_path_axes(rng, scale):
         assert_allclose(value, ref.detach().numpy(), rtol=1e-12, atol=1e-12)
         assert_allclose(grad, Ft.grad.numpy(), rtol=1e-12, atol=1e-15)
         assert_allclose(loss_value(F, labels, "cross_entropy"), value, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("scale", [0.0, 1.0, 5.0, 400.0])
+def test_single_precision_cross_entropy_is_within_its_error_bound(rng, scale):
+    """The mean cross-entropy from float32 exponentials lies within its bound of the float64
+    value, which stays small (a few 1e-6 plus 6e-8·max|F|); outputs past the float32 form's
+    range (scale 400) are computed in float64, error 0. Labels shared by the paths or not."""
+    F = rng.standard_normal((3, 2, 500, 10)) * scale
+    for labels in (rng.integers(0, 10, 500), rng.integers(0, 10, (3, 2, 500))):
+        value, error = cross_entropy_single(F, labels)
+        exact = loss_value(F, labels, "cross_entropy")
+        assert value.shape == error.shape == (3, 2)
+        assert np.all(np.abs(value - exact) <= error)
+        if scale < 30:
+            assert np.all(error > 0) and np.all(error < 1e-5 + 1e-7 * np.abs(F).max())
+            assert scale == 0 or np.any(value != exact)  # float32 rounding shows
+        else:
+            assert np.all(error == 0) and np.array_equal(value, exact)
 
 
 def test_mse_closed_form_equals_lsoda(rng):

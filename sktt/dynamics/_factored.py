@@ -26,8 +26,10 @@ dense ``O(P·b·C·N·C)``. The full-set loss and error at every step — what t
 curves are — are computed from the stored states :math:`z_0..z_T` when
 read, by blocked matrix products over the rows: ``O(N·C·D0)`` multiply-adds
 per path and step in float64 BLAS with ``O(block)`` memory, for the steps
-asked for only (:class:`FactoredCurves`). The T_ε search's tangent planes use
-float32 products with rigorous round-off bounds instead (about half the time).
+asked for only (:class:`FactoredCurves`). The T_ε search's tangent planes and
+values use float32 products with rigorous round-off bounds instead (about half
+the time; a value without a plane skips the gradient's product, halving it
+again, and takes its exponentials in float32).
 Gradient descent needs :math:`F` on every row at each step anyway
 (``O(N·C·D0)`` per step).
 
@@ -40,7 +42,8 @@ from collections.abc import MutableMapping
 import numpy as np
 
 from ..utils._threads import single_threaded_blas
-from ._losses import loss_gradient, loss_value_and_gradient, train_error
+from ._losses import (cross_entropy_single, loss_gradient, loss_value,
+                      loss_value_and_gradient, train_error)
 
 __all__ = ["FactoredCurves", "simulate_factored", "states_bytes"]
 
@@ -64,9 +67,13 @@ def _directions(problem, recipe, momentum_buffer, n_all, c):
 
 
 _UNIT = 2.0 ** -24  # float32 unit round-off
-_SINGLE_INNER = 256  # terms of one float32 inner product of the outputs J̃u (then float64 sums)
+_SINGLE_INNER = 256  # terms of one float32 inner product of the outputs J̃u (then float32 sums)
 _SINGLE_ROWS = 2048  # rows of one float32 product of the gradient J̃ᵀg (then float64 sums)
 _SINGLE_RANGE = 1e30  # |F| and |z| below this: no float32 product can overflow
+# bytes of one float64 copy of rows in an exact pass of few states: small enough to stay in
+# cache between the copy and its product (64 MiB copies made an exact pass of 4 states take
+# 0.7 s instead of 0.45 s at N·C = 200 000, D0 = 1024)
+_COPY_BYTES = 4 * 1024**2
 
 
 def _gamma(n):
@@ -87,27 +94,43 @@ def _blocks(kernel, F0, E, Z, *, eval_rows, single=False):
 
     Yields ``(samples, F, rows, E_block)``: the block's sample slice, its outputs
     (M, n_b, C), rows and fixed directions. The rows are float64 and ``F`` their exact
-    products; with ``single``, the stored float32 rows (no copy) and ``F`` from float32
-    inner products of ``_SINGLE_INNER`` terms summed in float64
-    (:func:`_single_precision_planes` bounds the difference).
+    products; with ``single``, the stored float32 rows (no copy) and a float32 ``F``:
+    inner products of ``_SINGLE_INNER`` terms summed in float32, plus F0 and the fixed
+    directions rounded to float32 (:func:`_single_precision_loss_error` bounds the
+    difference; no float64 array of the block's outputs). The float64 rows are copied
+    into one buffer, overwritten by the next block (a fresh array per block cost twice
+    the copy, in page faults), in blocks of ``_COPY_BYTES`` or of as many rows as states
+    (fewer rows would re-read the states more often than the rows).
     """
     part = kernel.eval_rows if eval_rows else kernel.rows
     offset = kernel.n_train_rows if eval_rows else 0
     c, d = kernel.n_outputs, kernel.dim
     u = Z[:, :d].astype(np.float32) if single else Z[:, :d]
-    for s, e in kernel.row_blocks(width=Z.shape[0], eval_rows=eval_rows):
-        rows = np.asarray(part[s:e], dtype=np.float32 if single else np.float64)  # (n_b·C, D0)
-        if single:
-            out = np.zeros((Z.shape[0], e - s))
-            for j in range(0, d, _SINGLE_INNER):
-                out += u[:, j:j + _SINGLE_INNER] @ rows[:, j:j + _SINGLE_INNER].T
-        else:
-            out = u @ rows.T
+    buffer = None
+    blocks = kernel.row_blocks(width=Z.shape[0], eval_rows=eval_rows)
+    if not single:
+        step = c * max(1, max(_COPY_BYTES // (8 * d), Z.shape[0]) // c)
+        blocks = [(a, min(a + step, e)) for s, e in blocks for a in range(s, e, step)]
+    for s, e in blocks:
         E_block = E[offset + s:offset + e]
-        if E.shape[1]:
-            out += Z[:, d:] @ E_block.T
-        F = out.reshape(Z.shape[0], -1, c) + F0[(offset + s) // c:(offset + e) // c][None]
-        yield slice(s // c, e // c), F, rows, E_block
+        F0_block = F0[(offset + s) // c:(offset + e) // c].reshape(-1)
+        if single:
+            rows = np.asarray(part[s:e], dtype=np.float32)  # (n_b·C, D0)
+            out = u[:, :_SINGLE_INNER] @ rows[:, :_SINGLE_INNER].T
+            for j in range(_SINGLE_INNER, d, _SINGLE_INNER):
+                out += u[:, j:j + _SINGLE_INNER] @ rows[:, j:j + _SINGLE_INNER].T
+            out += F0_block.astype(np.float32)
+            if E.shape[1]:
+                out += (Z[:, d:] @ E_block.T).astype(np.float32)
+        else:
+            if buffer is None:
+                buffer = np.empty((e - s, d))
+            rows = buffer[:e - s]
+            rows[...] = part[s:e]
+            out = u @ rows.T + F0_block
+            if E.shape[1]:
+                out += Z[:, d:] @ E_block.T
+        yield slice(s // c, e // c), out.reshape(Z.shape[0], -1, c), rows, E_block
 
 
 def _transpose_product(g, rows):
@@ -143,6 +166,45 @@ def _curves(kernel, problem, F0, E, Z, *, eval_rows, gradient=False):
     return loss, error, grad
 
 
+def _single_precision_loss_error(kernel, problem, F0, E, Z, loss, residual_l1, *, eval_rows):
+    r"""Bounds on the float32 outputs' error, and on the mean loss's, at every state of ``Z``.
+
+    The outputs of :func:`_blocks` with ``single`` differ from the exact ones by at most
+    :math:`e_F = \gamma_{K + q + 1}\,\max_i|\tilde J_i|\,|u| + 5\,\mathrm{u}\,B`: float32
+    inner products of :math:`K` = 256 terms (the rounding of u to float32 and, for
+    float64 rows, of the rows adds one term each) summed in float32 over the
+    :math:`q = \lceil D_0/K\rceil` chunks, bounded by Cauchy–Schwarz; then up to four
+    float32 roundings (F0 and :math:`Ea` rounded, two sums) of numbers below
+    :math:`B = \max|F_0| + (1+\gamma)\max_i|\tilde J_i|\,|u| + \max_i|E_i|\,|a|`
+    (:math:`\mathrm{u} = 2^{-24}`; 5 instead of 4 absorbs the :math:`1 + \mathrm{u}`
+    factors). :math:`|\tilde L - L| \le e_L`: ``2 e_F`` for cross-entropy (each sample's
+    loss is 2-Lipschitz in the sup norm), :math:`2\,\overline{|r|}\,e_F + e_F^2` for squared
+    error (``residual_l1`` = :math:`\sum|r|`), plus a float64 round-off term on the loss
+    itself (sums over other blocks than an exact pass): a positive error sends near-ties
+    to the exact computation even at z = 0.
+
+    Returns
+    -------
+    output_error, loss_error : ndarray of shape (M,)
+    """
+    _, _, n = _targets_of(problem, eval_rows)
+    c, d = kernel.n_outputs, kernel.dim
+    n_train = kernel.n_train_rows // c
+    side = slice(n_train, None) if eval_rows else slice(0, n_train)
+    gamma = _gamma(_SINGLE_INNER + -(-d // _SINGLE_INNER) + 1)
+    moved = kernel.max_row_norm(eval_rows=eval_rows) * np.linalg.norm(Z[:, :d], axis=1)
+    largest = np.abs(F0[side]).max() + (1 + gamma) * moved
+    if E.shape[1]:
+        fixed = np.linalg.norm(E.reshape(-1, c, E.shape[1])[side], axis=-1).max()
+        largest = largest + fixed * np.linalg.norm(Z[:, d:], axis=1)
+    output_error = gamma * moved + 5 * _UNIT * largest
+    if problem.loss == "mse":
+        loss_error = 2 * residual_l1 / (n * c) * output_error + output_error**2
+    else:
+        loss_error = 2 * output_error
+    return output_error, loss_error + 1e-12 * np.maximum(np.abs(loss), 1.0)
+
+
 def _single_precision_planes(kernel, problem, F0, E, Z, *, eval_rows):
     r"""Mean loss and ∇_z L at every state of ``Z`` (M, D0 + k) from float32 products,
     with bounds on what that changes: one blocked pass, about half the time of
@@ -151,10 +213,8 @@ def _single_precision_planes(kernel, problem, F0, E, Z, *, eval_rows):
     With :math:`\tilde F` the computed outputs, :math:`\tilde L = L(\tilde F)` and
     :math:`\tilde g` the computed :math:`\tilde J^\top\nabla L(\tilde F)`:
 
-    * :math:`|\tilde F - F|_\infty \le e_F = \gamma_{258}\,\max_i|\tilde J_i|\,|u|`
-      (inner products of 256 float32 terms summed in float64, Cauchy–Schwarz);
-    * :math:`|\tilde L - L| \le e_L`: ``2 e_F`` for cross-entropy (each sample's loss is
-      2-Lipschitz in the sup norm), :math:`2\,\overline{|r|}\,e_F + e_F^2` for squared error;
+    * :math:`|\tilde F - F|_\infty \le e_F` and :math:`|\tilde L - L| \le e_L`
+      (:func:`_single_precision_loss_error`);
     * :math:`|\tilde g - \tilde J^\top\nabla L(\tilde F)|_2 \le e_g =
       \gamma_{2050}\,\max|\nabla L|\,\|(\sum_i |\tilde J_{ij}|)_j\|_2`.
 
@@ -169,12 +229,13 @@ def _single_precision_planes(kernel, problem, F0, E, Z, *, eval_rows):
     grad : ndarray of shape (M, D0 + k)
     """
     targets, _, n = _targets_of(problem, eval_rows)
-    c, d, m = kernel.n_outputs, kernel.dim, Z.shape[0]
+    d, m = kernel.dim, Z.shape[0]
     loss, grad = np.zeros(m), np.zeros(Z.shape)
     grad_l1, grad_max, residual_l1 = np.zeros(m), np.zeros(m), np.zeros(m)
     for samples, F, rows, E_block in _blocks(kernel, F0, E, Z, eval_rows=eval_rows,
                                              single=True):
         weight = (samples.stop - samples.start) / n
+        F = F.astype(np.float64)  # exact; the loss and its gradient in float64
         value, g = loss_value_and_gradient(F, targets[samples], problem.loss)
         loss += weight * value
         if problem.loss == "mse":
@@ -184,18 +245,41 @@ def _single_precision_planes(kernel, problem, F0, E, Z, *, eval_rows):
         grad_max = np.maximum(grad_max, np.abs(g).max(axis=1))
         grad[:, :d] += _transpose_product(g, rows)
         grad[:, d:] += g @ E_block
-    output_error = (_gamma(_SINGLE_INNER + 2) * kernel.max_row_norm(eval_rows=eval_rows)
-                    * np.linalg.norm(Z[:, :d], axis=1))
-    if problem.loss == "mse":
-        loss_error = 2 * residual_l1 / (n * c) * output_error + output_error**2
-    else:
-        loss_error = 2 * output_error
-    # float64 round-off of the loss itself (sums over other blocks than an exact pass): a
-    # positive error sends near-ties to the exact computation even at z = 0
-    loss_error = loss_error + 1e-12 * np.maximum(np.abs(loss), 1.0)
+    output_error, loss_error = _single_precision_loss_error(kernel, problem, F0, E, Z, loss,
+                                                            residual_l1, eval_rows=eval_rows)
     gradient_error = (_gamma(_SINGLE_ROWS + 2) * grad_max
                       * np.linalg.norm(kernel.abs_column_sums(eval_rows=eval_rows)))
     return loss, loss_error, grad_l1 * output_error, gradient_error, grad
+
+
+def _single_precision_losses(kernel, problem, F0, E, Z, *, eval_rows):
+    r"""Mean loss at every state of ``Z`` (M, D0 + k) from float32 products, with its error
+    bound: the output product of :func:`_single_precision_planes` without the gradient
+    (its second product and its softmax), for steps where a plane would no longer rule out
+    others: about half the cost. Cross-entropy takes float32 exponentials too
+    (:func:`~sktt.dynamics._losses.cross_entropy_single`), whose error bound adds to
+    :math:`e_L` (:func:`_single_precision_loss_error`).
+
+    Returns
+    -------
+    loss, loss_error : ndarray of shape (M,)
+    """
+    targets, _, n = _targets_of(problem, eval_rows)
+    m = Z.shape[0]
+    loss, residual_l1, exp_error = np.zeros(m), np.zeros(m), np.zeros(m)
+    for samples, F, _, _ in _blocks(kernel, F0, E, Z, eval_rows=eval_rows, single=True):
+        weight = (samples.stop - samples.start) / n
+        if problem.loss == "mse":
+            F = F.astype(np.float64)  # exact
+            loss += weight * loss_value(F, targets[samples], problem.loss)
+            residual_l1 += np.abs(F - targets[samples]).sum(axis=(1, 2))
+        else:
+            value, error = cross_entropy_single(F, targets[samples])
+            loss += weight * value
+            exp_error += weight * error
+    loss_error = _single_precision_loss_error(kernel, problem, F0, E, Z, loss, residual_l1,
+                                              eval_rows=eval_rows)[1]
+    return loss, loss_error + exp_error
 
 
 class FactoredCurves(MutableMapping):
@@ -225,7 +309,9 @@ class FactoredCurves(MutableMapping):
     in float32 on the stored rows, with round-off terms that keep them lower
     bounds (:func:`_single_precision_planes`); their loss values come with error
     bars, and the search computes a value exactly (float64) only where its error
-    bar straddles the threshold.
+    bar straddles the threshold. :meth:`approximate` gives the same values with
+    error bars without a plane (:func:`_single_precision_losses`), for the steps
+    no plane would rule out.
     """
 
     _CURVES = ("loss", "error", "eval_loss", "eval_error")
@@ -309,12 +395,11 @@ class FactoredCurves(MutableMapping):
 
     @property
     def computed_fraction(self):
-        """Share of the steps whose training loss has been computed, exactly or as an anchor
-        (1 once the full curves are)."""
+        """Share of the steps whose training loss has been computed, exactly, as an anchor or
+        within float32 error bars (1 once the full curves are)."""
         if self._full is not None:
             return 1.0
-        computed = self._points("train")["known"] | self._anchored.get("train", False)
-        return float(np.mean(computed))
+        return float(np.mean(self._valued("train")))
 
     def _points(self, side):
         if side not in self._sides:
@@ -390,9 +475,51 @@ class FactoredCurves(MutableMapping):
         self.loss_lower_bounds(key)
         steps = np.asarray(steps, dtype=np.int64).reshape(-1)
         self._add_anchors(side, steps)
+        return self._values(side, steps)
+
+    def approximate(self, key, steps):
+        """The loss curve ``key`` of every path at ``steps`` with error bars, no anchor added.
+
+        Same ``(values, errors)`` as :meth:`refine` at about half its cost per step (float32
+        output products with rigorous round-off bounds, :func:`_single_precision_losses`;
+        float64 where those could overflow): for steps that no plane would rule out, which
+        must be computed anyway. Free for steps already computed.
+        """
+        side = self._bounded_side(key)
+        steps = np.asarray(steps, dtype=np.int64).reshape(-1)
+        todo = np.unique(steps[~self._valued(side)[steps]])
+        if todo.size and self._single_precision_safe():
+            flat = self.states[todo].reshape(-1, self.states.shape[-1])
+            with np.errstate(over="ignore", invalid="ignore"):
+                loss, loss_error = _single_precision_losses(
+                    self.kernel, self.problem, self.F0, self.E, flat, eval_rows=side == "eval")
+            self._store_approx(side, todo, loss.reshape(len(todo), -1),
+                               loss_error.reshape(len(todo), -1))
+        elif todo.size:
+            self._evaluate(side, todo)
+        return self._values(side, steps)
+
+    def _valued(self, side):
+        """(T + 1,) bool: steps whose loss is known, exactly or within float32 error bars."""
+        valued = self._points(side)["known"].copy()
+        if side in self._approx:
+            valued |= ~np.isnan(self._approx[side]["loss"][0])
+        return valued
+
+    def _store_approx(self, side, steps, loss, loss_error):
+        """Record float32 loss values (S, P) at ``steps`` and their error bounds."""
+        approx = self._approx.setdefault(side, {
+            "loss": np.full((self.n_paths, self.n_steps + 1), np.nan),
+            "error": np.full((self.n_paths, self.n_steps + 1), np.nan)})
+        approx["loss"][:, steps] = loss.T
+        approx["error"][:, steps] = loss_error.T
+
+    def _values(self, side, steps):
+        """``(values, errors)`` (P, S) at valued ``steps``: exact values where known (error
+        0), float32 ones with their error bounds elsewhere."""
         points = self._points(side)
         values, errors = points["loss"][:, steps], np.zeros((self.n_paths, len(steps)))
-        if side in self._approx:  # float32 planes: their values where no exact one is known
+        if side in self._approx:
             approx, known = self._approx[side], points["known"][steps]
             values = np.where(known, values, approx["loss"][:, steps])
             errors = np.where(known, 0.0, approx["error"][:, steps])
@@ -413,11 +540,7 @@ class FactoredCurves(MutableMapping):
                 loss, loss_error, plane_offset, grad_error, grad = _single_precision_planes(
                     self.kernel, self.problem, self.F0, self.E, flat, eval_rows=side == "eval")
             loss, grad = loss.reshape(shape), grad.reshape(shape + (-1,))
-            approx = self._approx.setdefault(side, {
-                "loss": np.full((self.n_paths, self.n_steps + 1), np.nan),
-                "error": np.full((self.n_paths, self.n_steps + 1), np.nan)})
-            approx["loss"][:, steps] = loss.T
-            approx["error"][:, steps] = loss_error.reshape(shape).T
+            self._store_approx(side, steps, loss, loss_error.reshape(shape))
             plane_offset, grad_error = plane_offset.reshape(shape), grad_error.reshape(shape)
         else:  # float64 products: exact values, no round-off terms
             grad = self._evaluate(side, steps, gradient=True)  # (S, P, D0 + k)

@@ -12,11 +12,17 @@ Both need the curve only where it may qualify. Given lower bounds
 :math:`\ell_t \le L_t` (a factored run gives them for its loss curves by
 convexity, :class:`~sktt.dynamics._factored.FactoredCurves`), a step with
 :math:`\ell_t \ge L_T + \varepsilon` (or :math:`\ell_t > \tau`) cannot
-qualify, so :func:`training_times` computes the curve exactly only at some of
-the other steps, earliest first: each computed step's tangent plane tightens the
-bounds of its neighbours, which often rules them out uncomputed. It stops once
-every step before a qualifying one is computed or ruled out: the same time as
-the full curve gives, at a fraction of its cost when the bounds are tight.
+qualify, so :func:`training_times` computes the curve only at some of the other
+steps, earliest first: each computed step's tangent plane tightens the bounds of
+its neighbours, which often rules them out uncomputed. Where the planes stop
+ruling out steps (a flat, noisy curve whose steps sit near the band: no lower
+bound rules out a step below it, and one SGD step moves the outputs too far for
+a neighbour's plane to rule out one just above it), the open steps are computed
+as values only, at about half the cost of a plane. Values come with rigorous
+error bars (float32 products); the few whose bars straddle the verdict are
+computed exactly. The search stops once every step before a qualifying one is
+computed or ruled out: the same time as the full curve gives, at a fraction of
+its cost when the bounds are tight.
 """
 
 import numpy as np
@@ -30,6 +36,10 @@ __all__ = ["check_eps", "check_threshold", "epsilon_training_time", "threshold_t
 _BOUND_TOLERANCE = 1e-9  # relative slack on a lower bound (round-off of its dot products)
 _CHUNK = (8, 256)  # steps computed together while searching: first, then doubling up to
 _SPREAD = 8  # of the open steps, every 8th is computed (its tangent plane covers the rest)
+# a plane costs about two values (its gradient is a second product of the same size): once a
+# pass's planes decide fewer open steps than this each, the open steps are computed as values
+_PLANES_PAY = 2
+_VALUE_CHUNK = 64  # steps valued together once the planes stop paying
 
 
 def check_eps(eps):
@@ -93,45 +103,70 @@ def threshold_training_time(curve, threshold):
     return times[..., 0] if thr.ndim == 0 else times
 
 
-def _first_qualifying(bounds, may_qualify, verdict, refine, evaluate):
+def _first_qualifying(bounds, may_qualify, verdict, refine, approximate, evaluate):
     """First step whose value qualifies, computing only steps whose lower bound may qualify.
 
     ``bounds()`` gives the current lower bounds (T + 1,); ``refine(steps)`` values at
     ``steps`` with error bars, ``(values, errors)``, and it may tighten later bounds (each
-    refined step becomes an anchor); ``verdict(values, errors)`` is +1 where the step
-    qualifies whatever its error, -1 where it cannot, 0 where the error decides, and
-    those steps are computed exactly by ``evaluate(steps)`` (their verdict at error 0).
+    refined step becomes an anchor); ``approximate(steps)`` the same values without
+    anchoring them (cheaper); ``verdict(values, errors)`` is +1 where the step qualifies
+    whatever its error, -1 where it cannot, 0 where the error decides, and those steps are
+    computed exactly by ``evaluate(steps)`` (their verdict at error 0).
     ``may_qualify(lower)`` must hold wherever a value ≥ ``lower`` can qualify. Returns -1
     when no step qualifies.
 
     Every step before the returned one is either computed (and fails) or has a bound
     that rules it out: the time of the full curve.
+
+    The order of the work. Each pass computes the earliest open steps: while the tangent
+    planes pay, every ``_SPREAD``-th of them is refined (its plane then rules out most
+    steps in between); once a pass's planes decide fewer than ``_PLANES_PAY`` open steps
+    each (a flat, noisy curve whose steps sit near the band: nothing rules them out), the
+    remaining open steps are approximated in contiguous runs at the lower cost of a value.
+    Steps whose error bars straddle the verdict are set aside and computed exactly
+    together once every step before the first of them is decided (an exact pass costs
+    about as much for one step as for dozens: a float64 copy of the rows); the search
+    goes on past them only if none qualifies.
     """
     n_points = len(bounds())
     computed = np.zeros(n_points, dtype=bool)
+    unsure = np.zeros(n_points, dtype=bool)  # computed, their error bars straddle the verdict
     found = n_points  # the first step known to qualify (none yet)
     size = _CHUNK[0]
+    planes = True
     while True:
-        open_steps = np.flatnonzero(may_qualify(bounds()[:found]) & ~computed[:found])
+        # the search stops at the first unsure step too: it may be the answer
+        stop = min(found, int(np.argmax(unsure)) if unsure.any() else n_points)
+        open_steps = np.flatnonzero(may_qualify(bounds()[:stop]) & ~computed[:stop])
         if not open_steps.size:
-            return found if found < n_points else -1
-        # one blocked pass per chunk: the earliest open step and every _SPREAD-th after it,
-        # whose tangent planes then rule out most steps in between; the chunk doubles after
-        # each pass so that the passes stay few when many steps must be computed
-        steps = open_steps[::_SPREAD][:size]
-        values, errors = refine(steps)
+            doubtful = np.flatnonzero(unsure[:found])
+            if not doubtful.size:
+                return found if found < n_points else -1
+            exact = evaluate(doubtful)
+            ok = verdict(exact, np.zeros_like(exact))
+            unsure[:] = False
+            if np.any(ok > 0):
+                found = int(doubtful[np.argmax(ok > 0)])
+            continue
+        if planes:  # the chunk doubles after each pass so that the passes stay few
+            steps = open_steps[::_SPREAD][:size]
+            values, errors = refine(steps)
+        else:  # contiguous runs, short enough not to overshoot far past the answer
+            steps = open_steps[:min(size, _VALUE_CHUNK)]
+            values, errors = approximate(steps)
         ok = verdict(values, errors)
-        unsure = ok == 0
-        if unsure.any():
-            exact = evaluate(steps[unsure])
-            ok[unsure] = verdict(exact, np.zeros_like(exact))
         computed[steps] = True
+        unsure[steps[ok == 0]] = True
         if np.any(ok > 0):
             found = int(steps[np.argmax(ok > 0)])
+        if planes:  # the open steps up to the chunk's last, and those the pass left open
+            span = open_steps[open_steps <= steps[-1]]
+            left = may_qualify(bounds()[span]) & ~computed[span] & (span < found)
+            planes = span.size - np.count_nonzero(left) >= _PLANES_PAY * steps.size
         size = min(2 * size, _CHUNK[1])
 
 
-def _bounded_time(bounds, refine, evaluate, last, value, kind):
+def _bounded_time(bounds, refine, approximate, evaluate, last, value, kind):
     """T_ε (``kind="eps"``, ``last`` = L_T) or the threshold time of one curve from bounds."""
     slack = _BOUND_TOLERANCE * max(1.0, abs(last), abs(value))
     if kind == "eps":
@@ -140,13 +175,14 @@ def _bounded_time(bounds, refine, evaluate, last, value, kind):
             return np.where(dist + err < value, 1, np.where(dist - err >= value, -1, 0))
 
         return _first_qualifying(bounds, lambda lb: lb < last + value + slack, verdict,
-                                 refine, evaluate)
+                                 refine, approximate, evaluate)
 
     def verdict(v, err):  # L ≤ τ for every L within err of v (and round-off)
         err = np.where(err > 0, err + slack, 0.0)
         return np.where(v + err <= value, 1, np.where(v - err > value, -1, 0))
 
-    return _first_qualifying(bounds, lambda lb: lb <= value + slack, verdict, refine, evaluate)
+    return _first_qualifying(bounds, lambda lb: lb <= value + slack, verdict, refine,
+                             approximate, evaluate)
 
 
 def training_times(curves, key, values, *, kind, smooth=None, per_path=False):
@@ -185,19 +221,25 @@ def training_times(curves, key, values, *, kind, smooth=None, per_path=False):
         ends = curves.at(key, [0, curves.n_steps])  # (P, 2)
         first, last = ends.mean(axis=0)
 
-        def mean_refine(steps):
-            values, errors = curves.refine(key, steps)
-            return values.mean(axis=0), errors.mean(axis=0)
+        def mean_of(estimate):  # values and error bars of the mean curve
+            def mean(steps):
+                values, errors = estimate(key, steps)
+                return values.mean(axis=0), errors.mean(axis=0)
+            return mean
 
         times = np.array([_bounded_time(lambda: curves.loss_lower_bounds(key).mean(axis=0),
-                                        mean_refine, lambda s: curves.at(key, s).mean(axis=0),
+                                        mean_of(curves.refine), mean_of(curves.approximate),
+                                        lambda s: curves.at(key, s).mean(axis=0),
                                         last, v, kind)
                           for v in flat])
         path_times = None
         if per_path:
+            def path_of(estimate, p):
+                return lambda s: tuple(a[p] for a in estimate(key, s))
+
             path_times = np.array([[_bounded_time(
                 lambda p=p: curves.loss_lower_bounds(key)[p],
-                lambda s, p=p: tuple(a[p] for a in curves.refine(key, s)),
+                path_of(curves.refine, p), path_of(curves.approximate, p),
                 lambda s, p=p: curves.at(key, s)[p], ends[p, 1], v, kind)
                 for v in flat] for p in range(curves.n_paths)])
     else:
