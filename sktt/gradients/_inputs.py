@@ -102,14 +102,15 @@ class ModelInputs:
 
     @property
     def has_images(self):
-        """Whether some input is a floating (samples, channels, height, width) tensor."""
-        return any(t.ndim == 4 and t.is_floating_point() for _, t in self.tensors())
+        """Whether some input is an image batch (:func:`_is_image`)."""
+        return any(_is_image(t) for _, t in self.tensors())
 
     def channels_last(self):
-        """The same inputs with every floating 4-D tensor in ``torch.channels_last`` memory
-        format (the values, shapes and dtypes unchanged; only the strides differ)."""
+        """The same inputs with every image batch (:func:`_is_image`) in
+        ``torch.channels_last`` memory format (values, shapes and dtypes unchanged; only
+        the strides differ)."""
         return self._map(lambda t: t.contiguous(memory_format=torch.channels_last)
-                         if t.ndim == 4 and t.is_floating_point() else t)
+                         if _is_image(t) else t)
 
     def bind_output(self, output):
         """The same inputs with the logits selector ``output`` bound (None keeps the current)."""
@@ -151,6 +152,11 @@ class ModelInputs:
 
     def __repr__(self):
         return f"ModelInputs({self.n_samples} samples, {self.describe()})"
+
+
+def _is_image(t):
+    """Whether ``t`` is a floating (samples, channels, height, width) tensor."""
+    return t.ndim == 4 and t.is_floating_point()
 
 
 def _positions(index, n):

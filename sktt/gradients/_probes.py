@@ -94,8 +94,8 @@ class JacobianOperator:
         On the CPU, oneDNN's convolutions and torch's pooling work natively in
         channels-last (NHWC) layout; fed NCHW tensors they reorder at every layer.
         Measured on the convnets of ``benchmarks/bench_scale.py`` and
-        ``bench_prediction_cost.py``: a forward/backward pass 15-30 % faster
-        (docs/performance.rst). The layout changes strides only, but a model may
+        ``bench_prediction_cost.py``: a forward/backward pass 12-30 % faster
+        (docs/trust.rst). The layout changes strides only, but a model may
         rely on them (``.view`` of a conv output raises), so the first chunk's
         outputs are computed both ways and compared; any error or difference
         beyond float round-off keeps the inputs as they are.
