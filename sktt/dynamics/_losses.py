@@ -66,17 +66,21 @@ def check_targets(targets, loss, n_outputs):
 _UNSHIFTED_RANGE = 30.0
 
 
+def _label_positions(F, targets):
+    """The labels' positions in the rows of ``F.reshape(-1, C)`` (``targets`` may carry
+    leading axes too), and ``F`` there: :math:`F_{i, y_i}`, shape ``F.shape[:-1]``."""
+    labels = np.broadcast_to(targets, F.shape[:-1]).reshape(-1)
+    at = (np.arange(labels.size), labels)
+    return at, F.reshape(-1, F.shape[-1])[at].reshape(F.shape[:-1])
+
+
 def loss_value_and_gradient(F, targets, loss, *, gradient=True):
     """Mean loss (shape ``F.shape[:-2]``) and its gradient with respect to ``F`` (same
     shape as ``F``; None with ``gradient=False``): the one place the formulas of the
     module docstring are written."""
     n, c = F.shape[-2:]
     if loss == "cross_entropy":
-        # the labels' positions in the rows of F.reshape(-1, C) (targets may carry
-        # leading axes too)
-        labels = np.broadcast_to(targets, F.shape[:-1]).reshape(-1)
-        at = (np.arange(labels.size), labels)
-        picked = F.reshape(-1, c)[at].reshape(F.shape[:-1])  # F_{i, y_i}
+        at, picked = _label_positions(F, targets)
         if F.size and np.abs(F).max() < _UNSHIFTED_RANGE:
             e = np.exp(F, order="C")  # C order: the label update below writes a view
         else:  # the stable form: shift each sample by its largest output
@@ -127,14 +131,13 @@ def cross_entropy_single(F, targets):
     -------
     value, error : ndarray of shape ``F.shape[:-2]``
     """
-    n, c = F.shape[-2:]
+    c = F.shape[-1]
     single = np.asarray(F, dtype=np.float32)
     largest = float(np.abs(single).max()) if F.size else 0.0
     if not largest < _UNSHIFTED_RANGE:
         return (loss_value(np.asarray(F, dtype=np.float64), targets, "cross_entropy"),
                 np.zeros(F.shape[:-2]))
-    labels = np.broadcast_to(targets, F.shape[:-1]).reshape(-1)
-    picked = F.reshape(-1)[np.arange(labels.size) * c + labels].reshape(F.shape[:-1])
+    _, picked = _label_positions(F, targets)
     total = np.exp(single) @ np.ones(c, dtype=np.float32)  # Σ_c exp(F_ic), float32
     value = (np.log(total.astype(np.float64)) - picked).mean(axis=-1)
     gamma = (c - 1) * _UNIT_SINGLE / (1 - (c - 1) * _UNIT_SINGLE)
