@@ -14,7 +14,7 @@ from sktt.dynamics import (LinearizedProblem, TrainingRecipe, check_batches,
                            epsilon_training_time, simulate, threshold_training_time,
                            training_times)
 from sktt.exceptions import MemoryBudgetError
-from sktt.gram import DenseKernel, FactoredKernel, ntk_eigh
+from sktt.gram import DenseKernel, FactoredKernel, _kernels, ntk_eigh
 
 RECIPES = {
     "gd": dict(lr=0.5),
@@ -347,6 +347,34 @@ def test_kernel_operations_match_dense():
                     atol=1e-12)
     assert_allclose(factored.trace(), dense.trace(), rtol=1e-12)
     assert_allclose(factored.dense(), dense.ntk, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("width", [1, 5, 40])
+def test_float64_blocks_reuse_one_buffer_and_give_exact_products(monkeypatch, dtype, width):
+    """Stored rows copied to float64 in small blocks (a buffer of 2 samples' rows here,
+    inside 64-byte-per-column ``row_blocks``): whole samples, every row once and in
+    order, and the kernel's products through them equal those of the float64 rows."""
+    monkeypatch.setattr(_kernels, "_COPY_BYTES", 2 * 3 * 8 * 7)
+    rng = np.random.default_rng(4)
+    n, n_eval, c, d = 11, 5, 3, 7
+    rows = rng.standard_normal((n * c, d)).astype(dtype)
+    eval_rows = rng.standard_normal((n_eval * c, d)).astype(dtype)
+    kernel = FactoredKernel(rows, c, eval_rows, block_bytes=8 * 7 * 3 * 4)
+    r64, e64 = rows.astype(np.float64), eval_rows.astype(np.float64)
+    for part, is_eval in ((r64, False), (e64, True)):
+        blocks = [(s, e, b.copy()) for s, e, b in kernel.float64_blocks(width, eval_rows=is_eval)]
+        assert len(blocks) > 1 and all(s % c == 0 and e % c == 0 for s, e, _ in blocks)
+        assert [s for s, _, _ in blocks] == [0] + [e for _, e, _ in blocks[:-1]]
+        assert_allclose(np.concatenate([b for _, _, b in blocks]), part, rtol=0, atol=0)
+    u, g = rng.standard_normal((width, d)), rng.standard_normal((width, n * c))
+    assert_allclose(kernel.apply(u), u @ np.concatenate([r64, e64]).T, rtol=1e-13)
+    assert_allclose(kernel.transpose_product(g), g @ r64, rtol=1e-13)
+    assert_allclose(kernel.gram(), r64.T @ r64, rtol=1e-13)
+    assert_allclose(kernel.trace(), np.square(r64).sum(), rtol=1e-13)
+    assert_allclose(kernel.max_row_norm(eval_rows=True), np.linalg.norm(e64, axis=1).max())
+    assert_allclose(kernel.abs_column_sums(), np.abs(r64).sum(axis=0), rtol=1e-13)
+    assert not list(FactoredKernel(rows, c).float64_blocks(eval_rows=True))  # none held out
 
 
 @pytest.mark.parametrize("shape", [(40, 3, 500), (200, 5, 100), (10, 2, 8)])

@@ -70,10 +70,6 @@ _UNIT = 2.0 ** -24  # float32 unit round-off
 _SINGLE_INNER = 256  # terms of one float32 inner product of the outputs J̃u (then float32 sums)
 _SINGLE_ROWS = 2048  # rows of one float32 product of the gradient J̃ᵀg (then float64 sums)
 _SINGLE_RANGE = 1e30  # |F| and |z| below this: no float32 product can overflow
-# bytes of one float64 copy of rows in an exact pass of few states: small enough to stay in
-# cache between the copy and its product (64 MiB copies made an exact pass of 4 states take
-# 0.7 s instead of 0.45 s at N·C = 200 000, D0 = 1024)
-_COPY_BYTES = 4 * 1024**2
 
 
 def _gamma(n):
@@ -97,25 +93,24 @@ def _blocks(kernel, F0, E, Z, *, eval_rows, single=False):
     products; with ``single``, the stored float32 rows (no copy) and a float32 ``F``:
     inner products of ``_SINGLE_INNER`` terms summed in float32, plus F0 and the fixed
     directions rounded to float32 (:func:`_single_precision_loss_error` bounds the
-    difference; no float64 array of the block's outputs). The float64 rows are copied
-    into one buffer, overwritten by the next block (a fresh array per block cost twice
-    the copy, in page faults), in blocks of ``_COPY_BYTES`` or of as many rows as states
-    (fewer rows would re-read the states more often than the rows).
+    difference; no float64 array of the block's outputs). The float64 rows are
+    :meth:`~sktt.gram.FactoredKernel.float64_blocks`: one buffer, overwritten by the
+    next block.
     """
     part = kernel.eval_rows if eval_rows else kernel.rows
     offset = kernel.n_train_rows if eval_rows else 0
     c, d = kernel.n_outputs, kernel.dim
-    u = Z[:, :d].astype(np.float32) if single else Z[:, :d]
-    buffer = None
-    blocks = kernel.row_blocks(width=Z.shape[0], eval_rows=eval_rows)
-    if not single:
-        step = c * max(1, max(_COPY_BYTES // (8 * d), Z.shape[0]) // c)
-        blocks = [(a, min(a + step, e)) for s, e in blocks for a in range(s, e, step)]
-    for s, e in blocks:
+    if single:
+        u = Z[:, :d].astype(np.float32)
+        blocks = ((s, e, np.asarray(part[s:e], dtype=np.float32))  # (n_b·C, D0)
+                  for s, e in kernel.row_blocks(width=Z.shape[0], eval_rows=eval_rows))
+    else:
+        u = Z[:, :d]
+        blocks = kernel.float64_blocks(Z.shape[0], eval_rows=eval_rows)
+    for s, e, rows in blocks:
         E_block = E[offset + s:offset + e]
         F0_block = F0[(offset + s) // c:(offset + e) // c].reshape(-1)
         if single:
-            rows = np.asarray(part[s:e], dtype=np.float32)  # (n_b·C, D0)
             out = u[:, :_SINGLE_INNER] @ rows[:, :_SINGLE_INNER].T
             for j in range(_SINGLE_INNER, d, _SINGLE_INNER):
                 out += u[:, j:j + _SINGLE_INNER] @ rows[:, j:j + _SINGLE_INNER].T
@@ -123,10 +118,6 @@ def _blocks(kernel, F0, E, Z, *, eval_rows, single=False):
             if E.shape[1]:
                 out += (Z[:, d:] @ E_block.T).astype(np.float32)
         else:
-            if buffer is None:
-                buffer = np.empty((e - s, d))
-            rows = buffer[:e - s]
-            rows[...] = part[s:e]
             out = u @ rows.T + F0_block
             if E.shape[1]:
                 out += Z[:, d:] @ E_block.T
