@@ -15,6 +15,7 @@ from numpy.testing import assert_allclose
 
 from sktt import TrainingTimePredictor
 from sktt.dynamics import simulate
+from sktt.dynamics import _displacement
 from sktt.dynamics._displacement import stage_displacement
 from sktt.dynamics._losses import loss_value
 from sktt.dynamics._recipe import TrainingRecipe
@@ -282,3 +283,55 @@ def test_vjp_runs_convnets_on_channels_last_images_when_outputs_agree(monkeypatc
     ref = torch.autograd.grad((f * torch.as_tensor(cot)).sum(), list(model.parameters()))
     for n, r in zip(names, ref):
         assert_allclose(out[n].numpy(), r.numpy(), rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("factored", [False, True])
+@pytest.mark.parametrize("batch_size", [None, 4])
+@pytest.mark.parametrize("terms", RECIPES + [dict(momentum=0.8, weight_decay=0.05, resumed=True),
+                                             dict(momentum=0.7, nesterov=True, resumed=True,
+                                                  schedule=True)])
+def test_displacement_is_torch_sgd_on_a_linear_model(monkeypatch, factored, batch_size, terms):
+    """c_T, α_T, γ_T and the buffer's coefficients, kept as weights of a few vectors re-based
+    every 3 batch gradients here, give torch.optim.SGD's own w_T − w_s and momentum buffer on
+    a model linear in its parameters (f = b + J w), to round-off: momentum, dampening,
+    Nesterov, weight decay, an inherited buffer, a schedule, a batch repeating a sample."""
+    monkeypatch.setattr(_displacement, "_SLOTS", 3)
+    terms = dict(terms)
+    resumed, schedule = terms.pop("resumed", False), terms.pop("schedule", False)
+    rng = np.random.default_rng(3)
+    n, c, d, T = 10, 3, 14, 17
+    J = rng.normal(size=(n * c, d)) / np.sqrt(d)
+    w_s, bias, buf_s = rng.normal(size=d), rng.normal(size=n * c), rng.normal(size=d)
+    y = rng.integers(0, c, n)
+    lrs = rng.uniform(0.2, 0.6, T) if schedule else np.full(T, 0.4)
+    recipe = TrainingRecipe(lr=0.4, n_steps=T, batch_size=batch_size,
+                            lr_schedule=tuple(lrs) if schedule else None, **terms)
+    batches = None if batch_size is None else [
+        np.array([1, 1, 5, 7])[None] if t == 4 else rng.choice(n, batch_size, replace=False)[None]
+        for t in range(T)]
+    problem = LinearizedProblem(f0=(bias + J @ w_s).reshape(n, c), targets=y, loss="cross_entropy",
+                                jw0=(J @ w_s).reshape(n, c) if recipe.weight_decay else None)
+    kernel = FactoredKernel(J, c) if factored else DenseKernel(J @ J.T, c)
+    got = stage_displacement(kernel, problem, recipe, batches=batches,
+                             momentum_buffer=J @ buf_s if resumed else None)
+
+    w = torch.tensor(w_s, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=0.4, **terms)
+    if resumed:
+        opt.state[w]["momentum_buffer"] = torch.tensor(buf_s)
+    Jt, bt, yt = torch.tensor(J), torch.tensor(bias), torch.as_tensor(y)
+    for t in range(T):
+        idx = torch.arange(n) if batches is None else torch.as_tensor(batches[t][0])
+        rows = (idx[:, None] * c + torch.arange(c)).reshape(-1)
+        F = (bt[rows] + Jt[rows] @ w).reshape(-1, c)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(F, yt[idx]).backward()
+        opt.param_groups[0]["lr"] = float(lrs[t])
+        opt.step()
+    moved = J.T @ got.coef.ravel() + got.alpha * w_s + got.gamma * buf_s
+    assert_allclose(moved, w.detach().numpy() - w_s, rtol=1e-10, atol=1e-12)
+    if recipe.momentum:
+        buffer = J.T @ got.buffer_coef.ravel() + got.buffer_alpha * w_s + got.buffer_gamma * buf_s
+        assert_allclose(buffer, opt.state[w]["momentum_buffer"].numpy(), rtol=1e-10, atol=1e-12)
+    else:
+        assert got.buffer_coef is None
