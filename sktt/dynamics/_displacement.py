@@ -162,6 +162,7 @@ class _Coefficients:
         return 1 + len(self.held)
 
     def full(self):
+        """Whether to re-base: every weight taken, or the held gradients as large as c."""
         return (len(self.held) == self.slots
                 or sum(g.size for _, g in self.held) >= np.prod(self.shape))
 
@@ -300,8 +301,9 @@ def linear_displacement(kernel, problem, recipe, *, batches=None, record_steps=(
     :math:`\phi` the kernel's image of :math:`c` — :math:`\Theta c` for a
     :class:`~sktt.gram.DenseKernel`, :math:`\tilde J^\top c` (D0-dim) for a
     :class:`~sktt.gram.FactoredKernel` — updated through the batch's rows only
-    (``O(b·C·N·C)`` resp. ``O(b·C·D0)`` per step, plus ``O(N·C)`` for
-    :math:`c`); the outputs are :math:`F = F_0 + \Theta c + \alpha\Phi_0`.
+    (``O(b·C·N·C)`` resp. ``O(b·C·D0)`` per step; :math:`c` is kept as weights
+    of the batch gradients: :func:`stage_displacement`); the outputs are
+    :math:`F = F_0 + \Theta c + \alpha\Phi_0`.
 
     Parameters
     ----------
