@@ -84,9 +84,9 @@ class JacobianFeatures(TransformerMixin, BaseEstimator):
         The pre-trained model at the weights fine-tuning starts from. Only
         parameters with ``requires_grad=True`` enter the Jacobian. Never
         modified (taken in ``eval()`` mode, mode restored).
-    projection : {None, "auto", "achlioptas", "gaussian", "countsketch", "tensorsketch"}, \
-            default=None
-        None returns the exact rows (D columns, one per trainable parameter);
+    projection : {None, "auto", "achlioptas", "gaussian", "countsketch", "tensorsketch"}
+        None (the default) returns the exact rows (D columns, one per trainable
+        parameter);
         ``"auto"`` the exact rows when they are cheap, else a sketch
         (:func:`~sktt.gradients.resolve_projection`; the choice is ``projection_``);
         otherwise per-sample gradients are randomly projected to

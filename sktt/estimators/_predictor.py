@@ -140,9 +140,8 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         second pass over the Jacobian); ``"full"`` is the whole covariance,
         computed from Θ alone. Measured here, the diagonal underestimates the
         noise by ~25x (docs/sgd.rst).
-    projection : {None, "auto", "achlioptas", "gaussian", "countsketch", "tensorsketch"}, \
-            default=None
-        None computes the exact Θ; otherwise per-sample gradients are randomly
+    projection : {None, "auto", "achlioptas", "gaussian", "countsketch", "tensorsketch"}
+        None (the default) computes the exact Θ; otherwise per-sample gradients are randomly
         projected to ``projection_dim`` dimensions first. ``"tensorsketch"`` is
         the fastest for large models (large layers are sketched without forming
         per-sample gradients; see the performance guide). ``"auto"`` keeps the
