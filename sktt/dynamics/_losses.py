@@ -100,7 +100,7 @@ def loss_value_and_gradient(F, targets, loss, *, gradient=True):
 
 
 # float32 units: the unit round-off, and the relative error assumed of numpy's float32 exp
-# (documented below 4 ulps, measured 2.52 for its SIMD loops; 32 ulps assumed, ulp(y) ≤ 2^-23 y)
+# (documented below 4 ulps, measured 2.4-2.5 here; 32 ulps assumed, ulp(y) ≤ 2^-23 y)
 _UNIT_SINGLE = 2.0 ** -24
 _EXP_SINGLE = 32 * 2.0 ** -23
 
@@ -108,9 +108,11 @@ _EXP_SINGLE = 32 * 2.0 ** -23
 def cross_entropy_single(F, targets):
     r"""Mean cross-entropy of ``F`` from float32 exponentials, and a bound on its error.
 
-    The exponentials of :func:`loss_value` cost about four times as much in float64 as
-    in float32 (SIMD loops); this computes them in float32 (the log of each sample's sum
-    and the mean stay float64) and bounds the difference from the mean loss of ``F``. Per
+    :func:`loss_value` of float32 outputs needs a float64 copy of them first; this takes
+    the exponentials in float32 (the log of each sample's sum and the mean stay float64)
+    and bounds the difference from the mean loss of ``F``. (numpy's float32 ``exp`` is a
+    SIMD loop only on some CPUs: on the AVX2 development machine float32 and float64
+    ``exp`` both took 8-10 ns per element, so there the saving is the copy.) Per
     sample, with :math:`m_i = \max_c |F_{ic}|`: rounding ``F`` to float32 moves each
     exponential by a factor within :math:`e^{\pm u m_i}`, the float32 ``exp`` by
     :math:`1 \pm \rho`, their float32 sum by :math:`1 \pm \gamma_{C-1}`; the log of the sum
