@@ -377,6 +377,33 @@ def test_float64_blocks_reuse_one_buffer_and_give_exact_products(monkeypatch, dt
     assert not list(FactoredKernel(rows, c).float64_blocks(eval_rows=True))  # none held out
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gather_refills_a_buffer_of_the_right_size_only(dtype):
+    """``gather(idx, buffer=...)`` gives the rows of whole samples in float64 (repeated
+    samples too), fills the buffer of an earlier call when its size fits (one array in a
+    loop), and returns a fresh array, leaving the buffer alone, when it does not."""
+    rng = np.random.default_rng(5)
+    n, c, d = 9, 3, 4
+    rows = rng.standard_normal((n * c, d)).astype(dtype)
+    kernel = FactoredKernel(rows, c)
+    per_sample = rows.astype(np.float64).reshape(n, c, d)
+    first = kernel.gather(np.array([4, 0, 4]))
+    assert first.dtype == np.float64 and first.shape == (9, d)
+    assert_allclose(first, per_sample[[4, 0, 4]].reshape(9, d), rtol=0, atol=0)
+    again = kernel.gather(np.array([8, 1, 2]), buffer=first)
+    assert np.shares_memory(again, first)
+    assert_allclose(first, per_sample[[8, 1, 2]].reshape(9, d), rtol=0, atol=0)
+    paths = np.array([[3], [5], [3]])  # (P, b): the same size, another shape
+    both = kernel.gather(paths, buffer=again)
+    assert both.shape == (3, 3, d) and np.shares_memory(both, first)
+    assert_allclose(both, per_sample[paths].reshape(3, 3, d), rtol=0, atol=0)
+    kept = first.copy()
+    fresh = kernel.gather(np.array([1, 2]), buffer=first)  # another size: a new array
+    assert not np.shares_memory(fresh, first)
+    assert_allclose(first, kept, rtol=0, atol=0)
+    assert_allclose(fresh, per_sample[[1, 2]].reshape(6, d), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("shape", [(40, 3, 500), (200, 5, 100), (10, 2, 8)])
 def test_lanczos_lambda_max_matches_eigh(shape):
     n, c, d = shape

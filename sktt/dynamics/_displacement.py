@@ -98,11 +98,15 @@ class _Image:
         self.n_rows = n_rows
         self.factored = getattr(kernel, "factored", False)
         self.dim = kernel.dim if self.factored else n_rows
+        self._rows = None  # the last batch's rows: one array reused step after step
 
     def batch(self, idx):
         """What the batch ``idx`` (b,) reads of the kernel: J̃_B (b·C, D0) float64, or None
-        (dense: Θ's columns are read by :meth:`of_batch`)."""
-        return self.kernel.gather(idx) if self.factored else None
+        (dense: Θ's columns are read by :meth:`of_batch`); valid until the next call."""
+        if self.factored:
+            self._rows = self.kernel.gather(idx, buffer=self._rows)
+            return self._rows
+        return None
 
     def of_batch(self, grad_b, idx, rows):
         """Image of a gradient ``grad_b`` (b, C) on the rows of the samples ``idx`` (b,)."""
