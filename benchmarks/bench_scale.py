@@ -114,7 +114,7 @@ def _child(args):
     import torch
 
     from sktt import TrainingTimePredictor
-    from sktt.exceptions import DivergenceError
+    from sktt.exceptions import DivergenceError, EpsilonWarning
     from sktt.utils._batches import dataloader_batches
 
     torch.set_num_threads(args.threads)
@@ -152,8 +152,8 @@ def _child(args):
     grid = []
     for lr, m in GRID:
         t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # divergence and trust warnings: reported below
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # divergence and trust warnings: reported below
             # the sketch-space steps alone (cached: the calls below reuse them)
             ttp._curves(ttp._setting(dict(lr=lr, momentum=m)))
             simulated = time.perf_counter() - t0
@@ -166,8 +166,10 @@ def _child(args):
         seconds = time.perf_counter() - t0
         # the share of the steps the search computed (the cached result of this setting)
         run = ttp._curves(ttp._setting(dict(lr=lr, momentum=m)))
+        noisy = any(issubclass(w.category, EpsilonWarning) and "SGD noise" in str(w.message)
+                    for w in caught)  # ε below the noise of L_T: a chance crossing
         grid.append({"lr": lr, "momentum": m, "seconds": seconds, "simulated": simulated,
-                     "T_eps": steps,
+                     "T_eps": steps, "eps_below_noise": noisy,
                      "L0": float(ends[0]), "LT": float(ends[-1]),
                      "computed": getattr(run, "computed_fraction", 1.0)})
     out["grid"] = grid
@@ -239,7 +241,8 @@ def main():
               f"{r['real_s']:6.1f} s, peak RSS {r['peak_rss_gib']:.2f} GiB (after fit "
               f"{r['rss_after_fit_gib']:.2f} GiB)", flush=True)
         print("        (lr, momentum): L_0 -> L_T, T_eps at eps = 10 % of the drop: " + ", ".join(
-            f"({s['lr']:g}, {s['momentum']:g}): {s['L0']:.4f} -> {s['LT']:.4f}, {s['T_eps']} "
+            f"({s['lr']:g}, {s['momentum']:g}): {s['L0']:.4f} -> {s['LT']:.4f}, {s['T_eps']}"
+            f"{' (eps below the SGD noise of L_T)' if s['eps_below_noise'] else ''} "
             f"[{s['seconds']:.1f} s, of which steps {s['simulated']:.1f} s; "
             f"{100 * s['computed']:.0f} % of steps computed]"
             for s in r["grid"]), flush=True)

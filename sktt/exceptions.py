@@ -57,7 +57,8 @@ class ValidationWarning(UserWarning):
 
 
 class EpsilonWarning(UserWarning):
-    """ε is at least the whole predicted change of the curve, so T_ε = 0 says nothing."""
+    """ε cannot give a meaningful T_ε: it is at least the whole predicted change of the curve
+    (T_ε = 0), or below the SGD noise of its final value (T_ε is a chance crossing)."""
 
 
 class ThresholdNotReachedError(ValueError):

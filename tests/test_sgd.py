@@ -17,6 +17,7 @@ from scipy.special import softmax
 
 from conftest import RandomFeatureHead
 from sktt import TrainingTimePredictor
+from sktt.exceptions import EpsilonWarning
 from conftest import run_discrete as simulate_discrete
 from conftest import run_flow as solve_gradient_flow
 from conftest import run_sde as simulate_sde
@@ -325,3 +326,27 @@ def test_predictions_do_not_warn_or_touch_global_rng():
         ttp.predict_curve(solver="sde", sde_noise="full", return_band=True)
     assert torch.equal(state, torch.get_rng_state())
     assert np.random.get_state()[1].tolist() == np_state[1].tolist()
+
+
+@pytest.mark.parametrize("ntk", ["dense", "factored"])
+def test_predict_time_warns_when_eps_is_below_the_sgd_noise_of_the_final_loss(ntk):
+    """ε below the standard error of the paths' final losses (computed here from
+    predict_curve's paths) makes T_ε a chance crossing: predict_time says so, with the
+    numbers, for those ε only; it is silent above it, for gradient descent and for one
+    path. The factored run reads the final values without computing the whole curve."""
+    model, X, y = _problem("cross_entropy")
+    ttp = _fit(model, X, y, lr=0.3, batch_size=4, n_steps=60, n_paths=6, ntk=ntk,
+               projection="countsketch", projection_dim=64)
+    band = ttp.predict_curve(return_band=True)
+    finals = band.paths[:, -1]
+    noise = np.std(finals, ddof=1) / np.sqrt(finals.size)
+    assert ttp.ntk_mode_ == ntk and 0 < 4 * noise < abs(band.mean[0] - band.mean[-1])
+    with pytest.warns(EpsilonWarning, match="below the SGD noise") as rec:
+        ttp.predict_time(eps=[noise / 2, 2 * noise])
+    msg = str(rec[0].message)
+    assert f"eps={np.array([noise / 2])}" in msg and f"± {noise:.2g}" in msg and "6 simulated" in msg
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EpsilonWarning)
+        ttp.predict_time(eps=2 * noise)
+        ttp.predict_time(eps=noise / 2, batch_size=None)  # gradient descent: no noise
+        ttp.predict_time(eps=noise / 2, n_paths=1)  # one path: its noise is not measured

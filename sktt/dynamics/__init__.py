@@ -12,8 +12,9 @@ from ._recipe import RECIPE_PARAMETERS, SOLVERS, TrainingRecipe, check_learning_
 from ._sde import (NOISE_MODELS, diagonal_noise_factor, full_noise_factor,
                    per_sample_gradients, sde_substeps, simulate_sde)
 from ._simulate import LinearizedProblem, simulate
-from ._training_time import (check_eps, check_threshold, epsilon_training_time, smooth_curve,
-                             threshold_training_time, training_times)
+from ._training_time import (check_eps, check_threshold, epsilon_training_time,
+                             final_value_noise, smooth_curve, threshold_training_time,
+                             training_times)
 
 __all__ = [
     "FactoredCurves",
@@ -31,6 +32,7 @@ __all__ = [
     "check_targets",
     "diagonal_noise_factor",
     "epsilon_training_time",
+    "final_value_noise",
     "flow_times",
     "full_noise_factor",
     "labels_of",

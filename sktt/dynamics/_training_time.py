@@ -30,8 +30,8 @@ from scipy.ndimage import uniform_filter1d
 
 from ._factored import FactoredCurves
 
-__all__ = ["check_eps", "check_threshold", "epsilon_training_time", "threshold_training_time",
-           "smooth_curve", "training_times"]
+__all__ = ["check_eps", "check_threshold", "epsilon_training_time", "final_value_noise",
+           "threshold_training_time", "smooth_curve", "training_times"]
 
 _BOUND_TOLERANCE = 1e-9  # relative slack on a lower bound (round-off of its dot products)
 _CHUNK = (8, 256)  # steps computed together while searching: first, then doubling up to
@@ -67,6 +67,16 @@ def smooth_curve(curve, window):
         return np.asarray(curve, dtype=np.float64)
     return uniform_filter1d(np.asarray(curve, dtype=np.float64), size=int(window), axis=-1,
                             mode="nearest")
+
+
+def final_value_noise(finals):
+    """Standard error of the mean of the paths' final values (0 for one path or a non-finite
+    value): the size of the mean curve's SGD fluctuations near its end. An ε below it makes
+    T_ε the first chance entry of a fluctuating curve into the band."""
+    finals = np.asarray(finals, dtype=np.float64)
+    if finals.size < 2 or not np.all(np.isfinite(finals)):
+        return 0.0
+    return float(np.std(finals, ddof=1) / np.sqrt(finals.size))
 
 
 def epsilon_training_time(curve, eps):
@@ -211,6 +221,9 @@ def training_times(curves, key, values, *, kind, smooth=None, per_path=False):
         (P,) or (P, E) with ``per_path``.
     first, last : float
         The mean curve at steps 0 and T (after smoothing).
+    finals : ndarray of shape (P,)
+        Each path's curve at step T (after smoothing): their spread is the SGD
+        noise of ``last``.
     """
     flat = np.atleast_1d(values)
     # (an isinstance test, not getattr with a default: an error inside the property must
@@ -220,6 +233,7 @@ def training_times(curves, key, values, *, kind, smooth=None, per_path=False):
     if bounded:
         ends = curves.at(key, [0, curves.n_steps])  # (P, 2)
         first, last = ends.mean(axis=0)
+        finals = ends[:, 1]
 
         def mean_of(estimate):  # values and error bars of the mean curve
             def mean(steps):
@@ -248,10 +262,11 @@ def training_times(curves, key, values, *, kind, smooth=None, per_path=False):
             mean = smooth_curve(paths.mean(axis=0), smooth)
         paths = smooth_curve(paths, smooth)
         first, last = mean[0], mean[-1]
+        finals = paths[:, -1]
         find = epsilon_training_time if kind == "eps" else threshold_training_time
         times = np.atleast_1d(find(mean, flat))
         path_times = find(paths, flat) if per_path else None
     if np.ndim(values) == 0:
         times = times[0]
         path_times = None if path_times is None else path_times[:, 0]
-    return times, path_times, float(first), float(last)
+    return times, path_times, float(first), float(last), np.asarray(finals, dtype=np.float64)

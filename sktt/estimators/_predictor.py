@@ -20,7 +20,8 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from ..dynamics import (LOSSES, LinearizedProblem, check_batches, check_eps, check_targets,
-                        check_threshold, labels_of, simulate, training_times)
+                        check_threshold, final_value_noise, labels_of, simulate,
+                        training_times)
 from ..dynamics._displacement import max_curvature
 from ..dynamics._factored import FactoredCurves
 from ..exceptions import (DivergenceError, DivergenceWarning, EpsilonWarning,
@@ -1032,7 +1033,11 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         -----
         EpsilonWarning
             If ε exceeds the whole predicted change :math:`|L_0 - L_T|` (the
-            time is then 0 and meaningless).
+            time is then 0 and meaningless), or if it is below the SGD noise of
+            the predicted final value: the standard error of the mean of the
+            paths' :math:`L_T` (the mean curve fluctuates by about that much near
+            its end, so T_ε is where it first enters the band
+            by chance; docs/sgd.rst).
         """
         if (eps is None) == (threshold is None):
             raise ValueError("give exactly one of eps (distance to the final value) and "
@@ -1050,7 +1055,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         kind = "eps" if eps is not None else "threshold"
         values = check_eps(eps) if eps is not None else check_threshold(threshold)
         # the point is the time of the mean curve over paths (measured best: docs/sgd.rst)
-        times, path_times, first, last = training_times(
+        times, path_times, first, last, finals = training_times(
             out, key, values, kind=kind, smooth=smooth, per_path=return_distribution)
         n_steps = setting.recipe.n_steps
         if eps is not None:
@@ -1061,6 +1066,16 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
                     f"than the whole predicted change of the {metric} over n_steps="
                     f"{n_steps} (|L_0 - L_T| = {change:.4g}), so T_ε = 0 says nothing "
                     "about training speed; use a smaller eps.", EpsilonWarning, stacklevel=2)
+            noise = final_value_noise(finals)
+            below = (values < noise) & (values <= change)
+            if np.any(below):
+                warnings.warn(
+                    f"eps={values[below] if values.ndim else float(values)} is below the SGD "
+                    f"noise of the predicted final {metric}: over the {finals.size} simulated "
+                    f"paths it is {last:.4g} ± {noise:.2g} (standard error of their mean), so "
+                    "the mean curve fluctuates by more than ε near the end and T_ε is where it "
+                    "first falls into the band by chance, not where training settles; use a "
+                    "larger eps (or smooth=, or more n_paths).", EpsilonWarning, stacklevel=2)
         elif np.any(times < 0):
             missed = values[np.atleast_1d(times) < 0] if values.ndim else values
             raise ThresholdNotReachedError(
