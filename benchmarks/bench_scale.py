@@ -18,7 +18,12 @@ log C and T_ε sits in the SGD noise), this measures
   drop, with the setting as overrides: seconds per setting, and of those the
   sketch-space steps alone (the simulation, cached for the two calls). With the
   factored kernel ``predict_time`` computes the curve only where the convexity
-  bounds say it may cross (``sktt.dynamics._factored.FactoredCurves``);
+  bounds say it may cross (``sktt.dynamics._factored.FactoredCurves``).
+  A setting whose ε is below the SGD noise of its final loss (``predict_time``'s
+  ``EpsilonWarning``: T_ε is then a chance crossing) is marked, and each
+  setting is run again from scratch (its cached simulation dropped) at
+  ε = max(10 % of the drop, 2 s), s the standard error of the paths' final
+  losses: a time rather than a chance crossing, timed apart;
 * ``full curve``: then ``predict_curve()`` of the first setting, every step of
   every path (what a plot needs), timed apart;
 * ``real``: one real 1000-step SGD run (b = 32, ``torch.optim.SGD``, the same
@@ -114,6 +119,7 @@ def _child(args):
     import torch
 
     from sktt import TrainingTimePredictor
+    from sktt.dynamics import final_value_noise
     from sktt.exceptions import DivergenceError, EpsilonWarning
     from sktt.utils._batches import dataloader_batches
 
@@ -165,13 +171,29 @@ def _child(args):
                 steps = -1
         seconds = time.perf_counter() - t0
         # the share of the steps the search computed (the cached result of this setting)
-        run = ttp._curves(ttp._setting(dict(lr=lr, momentum=m)))
+        setting = ttp._setting(dict(lr=lr, momentum=m))
+        computed = getattr(ttp._curves(setting), "computed_fraction", 1.0)
         noisy = any(issubclass(w.category, EpsilonWarning) and "SGD noise" in str(w.message)
                     for w in caught)  # ε below the noise of L_T: a chance crossing
+        # The same setting from scratch (its cached run dropped) at an ε that is a time,
+        # not a chance crossing: at least twice the standard error of the paths' L_T.
+        noise = final_value_noise(
+            ttp.predict_curve(steps=[args.steps], lr=lr, momentum=m, return_band=True).paths[:, -1])
+        ttp._cache.pop(setting.key)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            eps_above = max(eps, 2 * noise)
+            try:
+                steps_above = int(ttp.predict_time(eps=eps_above, lr=lr, momentum=m))
+            except DivergenceError:
+                steps_above = -1
+        seconds_above = time.perf_counter() - t0
         grid.append({"lr": lr, "momentum": m, "seconds": seconds, "simulated": simulated,
-                     "T_eps": steps, "eps_below_noise": noisy,
-                     "L0": float(ends[0]), "LT": float(ends[-1]),
-                     "computed": getattr(run, "computed_fraction", 1.0)})
+                     "T_eps": steps, "eps_below_noise": noisy, "noise": noise,
+                     "eps_above": eps_above, "T_eps_above": steps_above,
+                     "seconds_above": seconds_above,
+                     "L0": float(ends[0]), "LT": float(ends[-1]), "computed": computed})
     out["grid"] = grid
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -246,6 +268,11 @@ def main():
             f"[{s['seconds']:.1f} s, of which steps {s['simulated']:.1f} s; "
             f"{100 * s['computed']:.0f} % of steps computed]"
             for s in r["grid"]), flush=True)
+        print("        the same from scratch at eps = max(10 % of the drop, 2 x the standard error "
+              "s of the paths' L_T): " + ", ".join(
+                  f"({s['lr']:g}, {s['momentum']:g}): s = {s['noise']:.2g}, eps = "
+                  f"{s['eps_above']:.2g}, T_eps {s['T_eps_above']} [{s['seconds_above']:.1f} s]"
+                  for s in r["grid"]), flush=True)
     for a, b in zip(rows, rows[1:]):
         ratio = b["n"] / a["n"]
         grow = lambda key: b[key] / a[key]  # noqa: E731
