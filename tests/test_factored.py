@@ -121,12 +121,13 @@ def test_bounded_training_times_equal_the_full_curves(name, loss):
         mid = (levels[:-1] + levels[1:]) / 2
         taus = mid[np.linspace(0, len(mid) - 1, 5).astype(int)]
         for kind, values in (("eps", eps), ("threshold", taus)):
-            times, path_times, first, last = training_times(lazy, key, values, kind=kind,
-                                                            per_path=True)
+            times, path_times, first, last, finals = training_times(
+                lazy, key, values, kind=kind, per_path=True)
             ref, ref_paths = _full_times(paths, values, kind)
             np.testing.assert_array_equal(times, ref, err_msg=f"{key} {kind}")
             np.testing.assert_array_equal(path_times, ref_paths, err_msg=f"{key} {kind} paths")
             assert_allclose([first, last], mean[[0, -1]], rtol=1e-12)
+            assert_allclose(finals, paths[:, -1], rtol=1e-12)  # each path's L_T
             scalar = training_times(lazy, key, values[1], kind=kind)[0]
             assert scalar == ref[1] and np.ndim(scalar) == 0
     assert_allclose(lazy.at("loss", [0, 7, T]), np.asarray(full["loss"])[:, [0, 7, T]],
@@ -174,8 +175,8 @@ def test_near_ties_are_decided_exactly(loss):
             tau = mean[t] + side * 1e-10
             eps = abs(mean[t] - mean[-1]) + side * 1e-10
             for kind, value in (("threshold", tau), ("eps", eps)):
-                times, path_times, _, _ = training_times(lazy, "loss", value, kind=kind,
-                                                         per_path=True)
+                times, path_times, *_ = training_times(lazy, "loss", value, kind=kind,
+                                                       per_path=True)
                 ref, ref_paths = _full_times(full, value, kind)
                 assert times == ref and np.array_equal(path_times, ref_paths), (t, side, kind)
             assert lazy._points("train")["known"].sum() > 2  # exact values beyond the ends
@@ -191,7 +192,7 @@ def test_float64_planes_where_float32_could_overflow():
     assert np.all(errors == 0)
     assert_allclose(values, full[:, [3, 50, 99]], rtol=1e-12)
     eps = abs(full.mean(axis=0)[0] - full.mean(axis=0)[-1]) * np.array([0.01, 0.1, 0.5])
-    times, path_times, _, _ = training_times(lazy, "loss", eps, kind="eps", per_path=True)
+    times, path_times, *_ = training_times(lazy, "loss", eps, kind="eps", per_path=True)
     ref, ref_paths = _full_times(full, eps, "eps")
     np.testing.assert_array_equal(times, ref)
     np.testing.assert_array_equal(path_times, ref_paths)
@@ -239,8 +240,8 @@ def test_flat_noisy_curve_is_searched_by_values():
             ("eps", drop * np.array([0.02, 0.05, 0.1, 0.3]), 200),
             ("threshold", mid[np.linspace(0, len(mid) - 1, 6).astype(int)], 20)):
         lazy = run()
-        times, path_times, _, _ = training_times(lazy, "loss", values, kind=kind,
-                                                 per_path=True)
+        times, path_times, *_ = training_times(lazy, "loss", values, kind=kind,
+                                               per_path=True)
         ref, ref_paths = _full_times(full, values, kind)
         np.testing.assert_array_equal(times, ref, err_msg=kind)
         np.testing.assert_array_equal(path_times, ref_paths, err_msg=kind)
@@ -272,8 +273,8 @@ def test_near_ties_between_values_are_decided_exactly():
             tau = mean[t] + side * 1e-10
             for kind, value in (("eps", eps), ("threshold", tau)):
                 lazy = run()
-                times, path_times, _, _ = training_times(lazy, "loss", value, kind=kind,
-                                                         per_path=True)
+                times, path_times, *_ = training_times(lazy, "loss", value, kind=kind,
+                                                       per_path=True)
                 ref, ref_paths = _full_times(full, value, kind)
                 assert times == ref and np.array_equal(path_times, ref_paths), (t, side, kind)
 
