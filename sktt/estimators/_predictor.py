@@ -1036,8 +1036,8 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
             time is then 0 and meaningless), or if it is below the SGD noise of
             the predicted final value: the standard error of the mean of the
             paths' :math:`L_T` (the mean curve fluctuates by about that much near
-            its end, so T_ε is where it first enters the band
-            by chance; docs/sgd.rst).
+            its end, so T_ε is where it first enters the band by chance;
+            docs/sgd.rst).
         """
         if (eps is None) == (threshold is None):
             raise ValueError("give exactly one of eps (distance to the final value) and "
