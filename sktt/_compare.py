@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import ParameterGrid
 
+from .dynamics import epsilon_flags
 from .estimators import TrainingTimePredictor
 from .exceptions import DivergenceError, DivergenceWarning, LinearizationWarning
 from .gradients._parallel import map_chunks, n_workers_for
@@ -127,6 +128,8 @@ def _evaluate(item, model, settings, options):
                 row["t_eps_low"], row["t_eps_high"] = (
                     (float(dist.lower), float(dist.upper)) if dist is not None
                     else (t_eps, t_eps))  # GD: deterministic
+            row["eps_flag"] = ("undefined" if math.isnan(t_eps)
+                               else _eps_flag(ttp, dyn, eps, options["metric"], last))
             if options["eval"]:
                 row.update(_eval_columns(ttp, dyn, options["metric"], diverged))
             if options["measure_time"]:
@@ -138,6 +141,13 @@ def _evaluate(item, model, settings, options):
         row["diverged"] = diverged
         rows.append(row)
     return rows, ttp
+
+
+def _eps_flag(ttp, dyn, eps, metric, last):
+    """What the row's T_ε says (:func:`~sktt.dynamics.epsilon_flags`), from its paths' ends
+    (computed already for T_ε)."""
+    band = ttp.predict_curve(metric, steps=[0, last], return_band=True, **dyn)
+    return str(epsilon_flags(eps, band.mean[0], band.mean[-1], band.paths[:, -1]))
 
 
 def _eval_columns(ttp, dyn, metric, diverged):
@@ -217,7 +227,11 @@ def compare(model, datasets, param_grid=None, *, eps=None, metric="loss", n_jobs
     over the simulated SGD paths of
     ``predict_time(return_distribution=True)``, levels from the predictor's
     ``quantiles``, default 5 % and 95 %; equal to ``t_eps`` for gradient
-    descent),
+    descent), ``eps_flag`` (what T_ε says, :func:`~sktt.dynamics.epsilon_flags`:
+    ``"ok"``; ``"eps_exceeds_drop"``, ε above the whole predicted change, T_ε = 0;
+    ``"eps_below_noise"``, ε below the SGD noise of the final value, T_ε a chance
+    crossing; ``"undefined"`` when the training diverges: the warnings
+    ``predict_time`` would give),
     (``best_step``, ``best_eval_<metric>``, ``final_eval_<metric>``: when a
     dataset has held-out data, the predicted early-stopping step and the
     held-out loss or error there and at ``n_steps``, from

@@ -1,6 +1,7 @@
 """Grid comparisons across datasets: the table against individual predictors."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from sktt import Comparison, TrainingTimePredictor, compare
 from sktt.datasets import load_demo, make_augmented_digits
+from sktt.exceptions import EpsilonWarning
 
 COMMON = dict(projection="countsketch", projection_dim=128, random_state=0, n_steps=40)
 GRID = {"lr": [0.01, 0.03], "batch_size": [None, 10]}
@@ -58,6 +60,31 @@ def test_table_values_match_individual_predictors(tasks, table):
             dist = ttp.predict_time(eps=0.02, return_distribution=True)
             assert (row["t_eps_low"], row["t_eps_high"]) == (dist.lower, dist.upper)
         assert not row["diverged"]
+        with warnings.catch_warnings(record=True) as caught:  # the flag says what they say
+            warnings.simplefilter("always")
+            ttp.predict_time(eps=0.02)
+        said = " ".join(str(w.message) for w in caught if w.category is EpsilonWarning)
+        assert row["eps_flag"] == ("eps_exceeds_drop" if "larger than the whole" in said
+                                   else "eps_below_noise" if "below the SGD noise" in said
+                                   else "ok")
+
+
+def test_eps_flag_column_says_when_t_eps_means_nothing(tasks):
+    """ε above the whole drop, inside (noise, drop), and below the SGD noise of L_T: the
+    three flags, from the paths' ends alone (noise and drop computed here from the band)."""
+    model, datasets = tasks
+    setting = {"lr": 0.03, "batch_size": 10}
+    ttp = TrainingTimePredictor(model, trust_check=False, **setting, **COMMON).fit(
+        datasets["5-9"].X, datasets["5-9"].y)
+    band = ttp.predict_curve(return_band=True)
+    drop = abs(band.mean[0] - band.mean[-1])
+    noise = np.std(band.paths[:, -1], ddof=1) / np.sqrt(band.paths.shape[0])
+    assert 0 < 4 * noise < drop
+    grid = {"eps": [2 * drop, math.sqrt(noise * drop), noise / 2], **{k: [v] for k, v in
+                                                                     setting.items()}}
+    res = compare(model, {"5-9": datasets["5-9"]}, grid, **COMMON)
+    assert list(res["eps_flag"]) == ["eps_exceeds_drop", "ok", "eps_below_noise"]
+    assert list(res["t_eps"])[0] == 0
 
 
 def test_datasets_in_parallel_give_the_same_table(tasks, table):
@@ -88,6 +115,7 @@ def test_divergence_is_a_row_not_an_error(tasks):
     res = compare(model, {"0-4": (X, Y)}, {"lr": [1e-4, 1e4]}, loss="mse", **COMMON)
     assert list(res["diverged"]) == [False, True]
     assert math.isnan(res["t_eps"][1]) and not math.isnan(res["t_eps"][0])
+    assert res["eps_flag"][1] == "undefined"
 
 
 def test_measured_seconds(tasks):

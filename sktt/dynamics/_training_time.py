@@ -30,8 +30,12 @@ from scipy.ndimage import uniform_filter1d
 
 from ._factored import FactoredCurves
 
-__all__ = ["check_eps", "check_threshold", "epsilon_training_time", "final_value_noise",
-           "threshold_training_time", "smooth_curve", "training_times"]
+__all__ = ["EPSILON_FLAGS", "check_eps", "check_threshold", "epsilon_flags",
+           "epsilon_training_time", "final_value_noise", "threshold_training_time",
+           "smooth_curve", "training_times"]
+
+#: What an ε-training-time can say (:func:`epsilon_flags`).
+EPSILON_FLAGS = ("ok", "eps_exceeds_drop", "eps_below_noise")
 
 _BOUND_TOLERANCE = 1e-9  # relative slack on a lower bound (round-off of its dot products)
 _CHUNK = (8, 256)  # steps computed together while searching: first, then doubling up to
@@ -77,6 +81,18 @@ def final_value_noise(finals):
     if finals.size < 2 or not np.all(np.isfinite(finals)):
         return 0.0
     return float(np.std(finals, ddof=1) / np.sqrt(finals.size))
+
+
+def epsilon_flags(eps, first, last, finals):
+    """What T_ε says at each ε, an array of str shaped like ``eps``.
+
+    ``"eps_exceeds_drop"`` where ε > |L_0 − L_T| (T_ε = 0 says nothing about training
+    speed); else ``"eps_below_noise"`` where ε is below :func:`final_value_noise` of the
+    paths' final values ``finals`` (T_ε is a chance crossing); else ``"ok"``.
+    """
+    eps = np.asarray(eps, dtype=np.float64)
+    return np.where(eps > abs(first - last), "eps_exceeds_drop",
+                    np.where(eps < final_value_noise(finals), "eps_below_noise", "ok"))
 
 
 def epsilon_training_time(curve, eps):

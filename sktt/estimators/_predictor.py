@@ -20,8 +20,8 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from ..dynamics import (LOSSES, LinearizedProblem, check_batches, check_eps, check_targets,
-                        check_threshold, final_value_noise, labels_of, simulate,
-                        training_times)
+                        check_threshold, epsilon_flags, final_value_noise, labels_of,
+                        simulate, training_times)
 from ..dynamics._displacement import max_curvature
 from ..dynamics._factored import FactoredCurves
 from ..exceptions import (DivergenceError, DivergenceWarning, EpsilonWarning,
@@ -1059,23 +1059,25 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
             out, key, values, kind=kind, smooth=smooth, per_path=return_distribution)
         n_steps = setting.recipe.n_steps
         if eps is not None:
-            change = abs(first - last)
-            if np.any(values > change):
+            flags = epsilon_flags(values, first, last, finals)
+            if np.any(flags == "eps_exceeds_drop"):
+                large = flags == "eps_exceeds_drop"
                 warnings.warn(
-                    f"eps={values[values > change] if values.ndim else float(values)} is larger "
+                    f"eps={values[large] if values.ndim else float(values)} is larger "
                     f"than the whole predicted change of the {metric} over n_steps="
-                    f"{n_steps} (|L_0 - L_T| = {change:.4g}), so T_ε = 0 says nothing "
-                    "about training speed; use a smaller eps.", EpsilonWarning, stacklevel=2)
-            noise = final_value_noise(finals)
-            below = (values < noise) & (values <= change)
-            if np.any(below):
+                    f"{n_steps} (|L_0 - L_T| = {abs(first - last):.4g}), so T_ε = 0 says "
+                    "nothing about training speed; use a smaller eps.", EpsilonWarning,
+                    stacklevel=2)
+            if np.any(flags == "eps_below_noise"):
+                below = flags == "eps_below_noise"
                 warnings.warn(
                     f"eps={values[below] if values.ndim else float(values)} is below the SGD "
                     f"noise of the predicted final {metric}: over the {finals.size} simulated "
-                    f"paths it is {last:.4g} ± {noise:.2g} (standard error of their mean), so "
-                    "the mean curve fluctuates by more than ε near the end and T_ε is where it "
-                    "first falls into the band by chance, not where training settles; use a "
-                    "larger eps (or smooth=, or more n_paths).", EpsilonWarning, stacklevel=2)
+                    f"paths it is {last:.4g} ± {final_value_noise(finals):.2g} (standard error "
+                    "of their mean), so the mean curve fluctuates by more than ε near the end "
+                    "and T_ε is where it first falls into the band by chance, not where "
+                    "training settles; use a larger eps (or smooth=, or more n_paths).",
+                    EpsilonWarning, stacklevel=2)
         elif np.any(times < 0):
             missed = values[np.atleast_1d(times) < 0] if values.ndim else values
             raise ThresholdNotReachedError(
