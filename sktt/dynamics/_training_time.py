@@ -86,9 +86,10 @@ def final_value_noise(finals):
 def epsilon_flags(eps, first, last, finals):
     """What T_ε says at each ε, an array of str shaped like ``eps``.
 
-    ``"eps_exceeds_drop"`` where ε > |L_0 − L_T| (T_ε = 0 says nothing about training
-    speed); else ``"eps_below_noise"`` where ε is below :func:`final_value_noise` of the
-    paths' final values ``finals`` (T_ε is a chance crossing); else ``"ok"``.
+    ``"eps_exceeds_drop"`` where ε exceeds the whole change ``abs(first - last)`` (T_ε = 0
+    says nothing about training speed); else ``"eps_below_noise"`` where ε is below
+    :func:`final_value_noise` of the paths' final values ``finals`` (T_ε is a chance
+    crossing); else ``"ok"``.
     """
     eps = np.asarray(eps, dtype=np.float64)
     return np.where(eps > abs(first - last), "eps_exceeds_drop",
