@@ -1060,24 +1060,24 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         n_steps = setting.recipe.n_steps
         if eps is not None:
             flags = epsilon_flags(values, first, last, finals)
-            if np.any(flags == "eps_exceeds_drop"):
-                large = flags == "eps_exceeds_drop"
-                warnings.warn(
-                    f"eps={values[large] if values.ndim else float(values)} is larger "
-                    f"than the whole predicted change of the {metric} over n_steps="
+            why = {
+                "eps_exceeds_drop": (
+                    f"is larger than the whole predicted change of the {metric} over n_steps="
                     f"{n_steps} (|L_0 - L_T| = {abs(first - last):.4g}), so T_ε = 0 says "
-                    "nothing about training speed; use a smaller eps.", EpsilonWarning,
-                    stacklevel=2)
-            if np.any(flags == "eps_below_noise"):
-                below = flags == "eps_below_noise"
-                warnings.warn(
-                    f"eps={values[below] if values.ndim else float(values)} is below the SGD "
-                    f"noise of the predicted final {metric}: over the {finals.size} simulated "
-                    f"paths it is {last:.4g} ± {final_value_noise(finals):.2g} (standard error "
-                    "of their mean), so the mean curve fluctuates by more than ε near the end "
-                    "and T_ε is where it first falls into the band by chance, not where "
-                    "training settles; use a larger eps (or smooth=, or more n_paths).",
-                    EpsilonWarning, stacklevel=2)
+                    "nothing about training speed; use a smaller eps."),
+                "eps_below_noise": (
+                    f"is below the SGD noise of the predicted final {metric}: over the "
+                    f"{finals.size} simulated paths it is {last:.4g} ± "
+                    f"{final_value_noise(finals):.2g} (standard error of their mean), so the "
+                    "mean curve fluctuates by more than ε near the end and T_ε is where it "
+                    "first falls into the band by chance, not where training settles; use a "
+                    "larger eps (or smooth=, or more n_paths)."),
+            }
+            for flag, text in why.items():
+                hit = flags == flag
+                if np.any(hit):
+                    warnings.warn(f"eps={values[hit] if values.ndim else float(values)} {text}",
+                                  EpsilonWarning, stacklevel=2)
         elif np.any(times < 0):
             missed = values[np.atleast_1d(times) < 0] if values.ndim else values
             raise ThresholdNotReachedError(
