@@ -12,9 +12,9 @@ from ._recipe import RECIPE_PARAMETERS, SOLVERS, TrainingRecipe, check_learning_
 from ._sde import (NOISE_MODELS, diagonal_noise_factor, full_noise_factor,
                    per_sample_gradients, sde_substeps, simulate_sde)
 from ._simulate import LinearizedProblem, simulate
-from ._training_time import (EPSILON_FLAGS, check_eps, check_threshold, epsilon_flags,
-                             epsilon_training_time, final_value_noise, smooth_curve,
-                             threshold_training_time, training_times)
+from ._training_time import (check_eps, check_threshold, epsilon_flags, epsilon_training_time,
+                             final_value_noise, smooth_curve, threshold_training_time,
+                             training_times)
 
 __all__ = [
     "FactoredCurves",
@@ -31,7 +31,6 @@ __all__ = [
     "check_learning_rates",
     "check_targets",
     "diagonal_noise_factor",
-    "EPSILON_FLAGS",
     "epsilon_flags",
     "epsilon_training_time",
     "final_value_noise",

@@ -30,12 +30,8 @@ from scipy.ndimage import uniform_filter1d
 
 from ._factored import FactoredCurves
 
-__all__ = ["EPSILON_FLAGS", "check_eps", "check_threshold", "epsilon_flags",
-           "epsilon_training_time", "final_value_noise", "threshold_training_time",
-           "smooth_curve", "training_times"]
-
-#: What an ε-training-time can say (:func:`epsilon_flags`).
-EPSILON_FLAGS = ("ok", "eps_exceeds_drop", "eps_below_noise")
+__all__ = ["check_eps", "check_threshold", "epsilon_flags", "epsilon_training_time",
+           "final_value_noise", "threshold_training_time", "smooth_curve", "training_times"]
 
 _BOUND_TOLERANCE = 1e-9  # relative slack on a lower bound (round-off of its dot products)
 _CHUNK = (8, 256)  # steps computed together while searching: first, then doubling up to
