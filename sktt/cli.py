@@ -255,6 +255,7 @@ def _predict_rows(model, X, y, args, loss, seconds, eval_set=None):
                "diverged": bool(first["diverged"])}
         row["predicted_steps"] = [None if row["diverged"] else int(per_eps[e]["t_eps"])
                                   for e in args.eps]
+        row["eps_flags"] = [per_eps[e]["eps_flag"] for e in args.eps]  # sktt.compare's
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             row["trust"] = None if args.no_trust else _trust(ttp, s)
@@ -360,7 +361,9 @@ def _table(rows, eps, metric, real):
         line = [_fmt(r["lr"], "g"), _fmt(r["momentum"], "g"),
                 "full" if r["batch_size"] is None else str(r["batch_size"])]
         for k in range(len(eps)):
-            line.append("diverges" if r["diverged"] else _fmt(r["predicted_steps"][k], "int"))
+            chance = "~" if r["eps_flags"][k] == "eps_below_noise" else ""
+            line.append("diverges" if r["diverged"]
+                        else chance + _fmt(r["predicted_steps"][k], "int"))
             if real:
                 line += [_fmt(r["real_steps"][k], "int"), _fmt(r["relative_error"][k], "pct")]
         if not real:
@@ -395,6 +398,12 @@ def _report(doc, args, real):
     print()
     print(_table(doc["rows"], args.eps, args.metric, real))
     print()
+    if any("eps_below_noise" in r["eps_flags"] for r in doc["rows"]):
+        print("~ = a chance crossing: ε is below the SGD noise of the predicted final "
+              f"{args.metric} (the standard error of its mean over the simulated paths), so "
+              "T(ε) says where the fluctuating curve first fell within ε; use a larger ε "
+              "(docs/sgd.rst).")
+        print()
     doubts = [r for r in doc["rows"] if r.get("trust") and r["trust"]["level"] != "ok"]
     for r in doubts:
         b = "full" if r["batch_size"] is None else r["batch_size"]

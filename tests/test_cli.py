@@ -217,3 +217,20 @@ def test_keyword_inputs_from_several_arrays(tmp_path, capsys):
         {"input_ids": ids, "attention_mask": mask}, y)
     expected = [int(t) for t in ttp.predict_time(doc["eps"])]
     assert doc["rows"][0]["predicted_steps"] == expected
+
+
+def test_chance_crossings_are_marked(capsys):
+    """An ε below the SGD noise of the predicted final loss: "~" before that T(ε), a
+    footnote, and ``eps_flags`` in the JSON (what predict_time would warn of); GD rows and
+    a larger ε are not marked."""
+    args = ["demo", "--n-samples", "60", "--n-steps", "40", "--lr", "0.01", "--momentum", "0",
+            "--batch-size", "10", "full", "--eps", "1e-5", "0.05", "--no-seconds", "--no-trust"]
+    assert main(args + ["--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [r["eps_flags"] for r in rows] == [["eps_below_noise", "ok"], ["ok", "ok"]]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    sgd, gd = (line.split() for line in text.splitlines() if line.startswith("0.01"))
+    assert sgd[3].startswith("~") and not sgd[4].startswith("~")
+    assert not any(cell.startswith("~") for cell in gd)
+    assert "~ = a chance crossing: ε is below the SGD noise" in text
