@@ -119,8 +119,8 @@ def _child(args):
     import torch
 
     from sktt import TrainingTimePredictor
-    from sktt.dynamics import final_value_noise
-    from sktt.exceptions import DivergenceError, EpsilonWarning
+    from sktt.dynamics import epsilon_flags, final_value_noise
+    from sktt.exceptions import DivergenceError
     from sktt.utils._batches import dataloader_batches
 
     torch.set_num_threads(args.threads)
@@ -158,12 +158,13 @@ def _child(args):
     grid = []
     for lr, m in GRID:
         t0 = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")  # divergence and trust warnings: reported below
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # divergence, trust and ε warnings: reported below
             # the sketch-space steps alone (cached: the calls below reuse them)
             ttp._curves(ttp._setting(dict(lr=lr, momentum=m)))
             simulated = time.perf_counter() - t0
-            ends = ttp.predict_curve(steps=[0, args.steps], lr=lr, momentum=m)
+            band = ttp.predict_curve(steps=[0, args.steps], lr=lr, momentum=m, return_band=True)
+            ends, finals = band.mean, band.paths[:, -1]
             eps = EPS_FRACTION * abs(ends[0] - ends[-1])
             try:
                 steps = int(ttp.predict_time(eps=eps, lr=lr, momentum=m)) if eps > 0 else 0
@@ -173,12 +174,11 @@ def _child(args):
         # the share of the steps the search computed (the cached result of this setting)
         setting = ttp._setting(dict(lr=lr, momentum=m))
         computed = getattr(ttp._curves(setting), "computed_fraction", 1.0)
-        noisy = any(issubclass(w.category, EpsilonWarning) and "SGD noise" in str(w.message)
-                    for w in caught)  # ε below the noise of L_T: a chance crossing
+        # ε below the noise of L_T: T_ε is a chance crossing (predict_time's EpsilonWarning)
+        noisy = epsilon_flags(eps, ends[0], ends[-1], finals) == "eps_below_noise"
         # The same setting from scratch (its cached run dropped) at an ε that is a time,
         # not a chance crossing: at least twice the standard error of the paths' L_T.
-        noise = final_value_noise(
-            ttp.predict_curve(steps=[args.steps], lr=lr, momentum=m, return_band=True).paths[:, -1])
+        noise = final_value_noise(finals)
         ttp._cache.pop(setting.key)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
@@ -190,7 +190,7 @@ def _child(args):
                 steps_above = -1
         seconds_above = time.perf_counter() - t0
         grid.append({"lr": lr, "momentum": m, "seconds": seconds, "simulated": simulated,
-                     "T_eps": steps, "eps_below_noise": noisy, "noise": noise,
+                     "T_eps": steps, "eps_below_noise": bool(noisy), "noise": noise,
                      "eps_above": eps_above, "T_eps_above": steps_above,
                      "seconds_above": seconds_above,
                      "L0": float(ends[0]), "LT": float(ends[-1]), "computed": computed})
