@@ -394,6 +394,8 @@ VALIDATION_ROWS = [
     ("cwr-other-data", lambda f: compare_with_real(f, X[:5], Y[:5]), ValueError,
      r"X has 5 samples but the predictor was fitted on 24"),
     ("cwr-eps", lambda f: compare_with_real(f, X, Y, eps=0), ValueError, r"eps=0 is invalid"),
+    ("cwr-eps-string", lambda f: compare_with_real(f, X, Y, eps="0.1"), TypeError,
+     r"eps must be a real number .* got '0.1' \(str\)"),
     ("cwr-seeds", lambda f: compare_with_real(f, X, Y, seeds=-1, batch_size=4), ValueError,
      r"seeds=-1 is out of range"),
     ("cwr-label-range", lambda f: compare_with_real(f, X, Y + 3), ValueError,
@@ -442,6 +444,13 @@ PREDICTOR_ROWS = [
      r"batches\[0\] holds indices in \[0, 100\]; accepted: \[0, 23\]"),
     ("eps-and-threshold", lambda f: f.predict_time(0.1, threshold=0.1), ValueError,
      r"give exactly one of eps .* and threshold"),
+    # np.asarray("0.1", float) is 0.1 and True is 1.0: neither may pass as a number
+    ("eps-string", lambda f: f.predict_time("0.1"), TypeError,
+     r"eps must be a real number or a 1-D array of them, got '0.1' \(str\)"),
+    ("eps-bool", lambda f: f.predict_time(True), TypeError,
+     r"eps must be a real number .* got True \(bool\)"),
+    ("threshold-string", lambda f: f.predict_time(threshold="1"), TypeError,
+     r"threshold must be a real number or a 1-D array of them, got '1' \(str\)"),
 ]
 
 ENTRY_ROWS = GRAM_ROWS + FEATURE_ROWS + COMPARE_ROWS

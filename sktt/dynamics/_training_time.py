@@ -42,22 +42,39 @@ _PLANES_PAY = 2
 _VALUE_CHUNK = 64  # steps valued together once the planes stop paying
 
 
+def _real_values(name, value, accepted):
+    """``value`` as a float64 array, refusing what only *looks* numeric.
+
+    ``np.asarray("0.1", dtype=float)`` is 0.1 and ``True`` is 1.0: accepted
+    silently, a typo or a flag passed in the wrong place would give a number.
+    """
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError):  # ragged nesting
+        arr = np.asarray(None)
+    if (isinstance(value, (str, bytes, bool, np.bool_)) or arr.dtype == bool
+            or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating))):
+        raise TypeError(f"{name} must be a real number or a 1-D array of them, got {value!r} "
+                        f"({type(value).__name__}); accepted: {accepted}.")
+    return arr.astype(np.float64)
+
+
 def check_eps(eps):
     """Validate ε: a finite number > 0 or a non-empty 1-D array of them (float64, same ndim)."""
-    values = np.asarray(eps, dtype=np.float64)
+    accepted = "a finite number > 0 or a non-empty 1-D array of them"
+    values = _real_values("eps", eps, accepted)
     if (values.ndim > 1 or values.size == 0 or not np.all(np.isfinite(values))
             or np.any(values <= 0)):
-        raise ValueError(f"eps={eps!r} is invalid; accepted: a finite number > 0 or a non-empty "
-                         "1-D array of them.")
+        raise ValueError(f"eps={eps!r} is invalid; accepted: {accepted}.")
     return values
 
 
 def check_threshold(threshold):
     """Validate τ: a finite number or a non-empty 1-D array of them (float64, same ndim)."""
-    values = np.asarray(threshold, dtype=np.float64)
+    accepted = "a finite number or a non-empty 1-D array of them"
+    values = _real_values("threshold", threshold, accepted)
     if values.ndim > 1 or values.size == 0 or not np.all(np.isfinite(values)):
-        raise ValueError(f"threshold={threshold!r} is invalid; accepted: a finite number or a "
-                         "non-empty 1-D array of them.")
+        raise ValueError(f"threshold={threshold!r} is invalid; accepted: {accepted}.")
     return values
 
 
