@@ -379,6 +379,11 @@ VALIDATION_ROWS = [
      ValueError, r"X is empty \(0 samples\)"),
     ("rrt-n-steps-missing", lambda f: run_real_training(_HEAD, X, Y, lr=0.1), ValueError,
      r"n_steps is required unless batches is given"),
+    ("rrt-train-mode-string", lambda f: run_real_training(_HEAD, X, Y, lr=0.1, n_steps=2,
+                                                          train_mode="no"),
+     TypeError, r"train_mode must be a bool, got 'no' \(str\)"),
+    ("mst-train-mode-string", lambda f: f.measure_step_time(X, Y, batch_size=4, train_mode="no"),
+     TypeError, r"train_mode must be a bool, got 'no' \(str\)"),
     ("mst-label-range", lambda f: measure_step_time(_HEAD, X, Y + 3, batch_size=4), ValueError,
      r"y contains labels in \[\d, \d\] but the model has 3 outputs; accepted: labels in \[0, 2\]"),
     ("mst-batch-zero", lambda f: measure_step_time(_HEAD, X, Y, batch_size=0), ValueError,
@@ -451,6 +456,13 @@ PREDICTOR_ROWS = [
      r"eps must be a real number .* got True \(bool\)"),
     ("threshold-string", lambda f: f.predict_time(threshold="1"), TypeError,
      r"threshold must be a real number or a 1-D array of them, got '1' \(str\)"),
+    # "no" is truthy: a flag that is not a bool would silently switch the option on
+    ("return-band-string", lambda f: f.predict_curve(return_band="no"), TypeError,
+     r"return_band must be a bool, got 'no' \(str\); accepted: True or False"),
+    ("return-distribution-string", lambda f: f.predict_time(0.1, return_distribution="no"),
+     TypeError, r"return_distribution must be a bool, got 'no' \(str\)"),
+    ("trust-check-string", lambda f: TrainingTimePredictor(_HEAD, trust_check="no").fit(X, Y),
+     TypeError, r"trust_check must be a bool, got 'no' \(str\)"),
 ]
 
 ENTRY_ROWS = GRAM_ROWS + FEATURE_ROWS + COMPARE_ROWS

@@ -75,19 +75,13 @@ import dataclasses
 
 import numpy as np
 
-from ..utils import check_choice, check_fraction, check_int, check_positive_finite
+from ..utils import check_bool, check_choice, check_fraction, check_int, check_positive_finite
 
 __all__ = ["RECIPE_PARAMETERS", "SOLVERS", "TrainingRecipe", "check_learning_rates"]
 
 SOLVERS = ("auto", "ode", "discrete", "sde")
 OPTIMIZERS = ("sgd", "adamw")
 ADAMW_MODES = ("auto", "exact", "approximate")
-
-
-def _check_bool(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {value!r}.")
-    return bool(value)
 
 
 def check_learning_rates(rates, n_steps, *, name="lr_scheduler"):
@@ -141,13 +135,13 @@ RECIPE_PARAMETERS = {
     "momentum": (lambda v: check_fraction("momentum", v, low=0.0, high=1.0), 0.0),
     "dampening": (lambda v: check_fraction("dampening", v, low=0.0, high=1.0,
                                            high_inclusive=True), 0.0),
-    "nesterov": (lambda v: _check_bool("nesterov", v), False),
+    "nesterov": (lambda v: check_bool("nesterov", v), False),
     "weight_decay": (lambda v: check_positive_finite("weight_decay", v, allow_zero=True), 0.0),
     "betas": (_check_betas, (0.9, 0.999)),
     "adam_eps": (lambda v: check_positive_finite("adam_eps", v), 1e-8),
     "adamw_mode": (lambda v: check_choice("adamw_mode", v, ADAMW_MODES), "auto"),
     "batch_size": (_batch_size, None),
-    "drop_last": (lambda v: _check_bool("drop_last", v), False),
+    "drop_last": (lambda v: check_bool("drop_last", v), False),
     "n_paths": (lambda v: check_int("n_paths", v, low=1), 16),
     "n_steps": (lambda v: check_int("n_steps", v, low=1), 150),
     "solver": (lambda v: check_choice("solver", v, SOLVERS), "auto"),

@@ -30,7 +30,8 @@ from ..gradients import (as_inputs, first_outputs, n_samples_of, ntk_from_model,
                          resolve_layerwise_plan)
 from ..gram import DenseKernel, FactoredKernel, check_ntk
 from ..training import measure_step_time
-from ..utils import check_choice, check_int, check_steps, derive_seed, parse_memory, root_seed
+from ..utils import (check_bool, check_choice, check_int, check_steps, derive_seed, parse_memory,
+                     root_seed)
 from ..utils._batches import dataloader_batches
 from ..gradients._outputs import check_output
 from ..gradients._auto_projection import resolve_projection
@@ -372,6 +373,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
                             f"output of JacobianFeatures; got {type(self.model).__name__}.")
         check_choice("loss", self.loss, LOSSES)
         check_choice("ntk", self.ntk, NTK_MODES)
+        check_bool("trust_check", self.trust_check)
         return check_extraction_params(self)
 
     def _setting(self, overrides, n_samples=None):
@@ -946,6 +948,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
             ``quantiles`` and ``paths`` (n_paths, n_steps + 1). Deterministic
             solvers give a degenerate band (lower = upper = mean).
         """
+        return_band = check_bool("return_band", return_band)
         setting, out, band = self._predicted(metric, quantiles, batches, overrides, on, steps)
         self._warn_trust(setting)
         if out["divergence"] is not None:
@@ -1045,6 +1048,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         if smooth is not None:
             smooth = check_int("smooth", smooth, low=1)
         check_choice("unit", unit, ("steps", "seconds"))
+        return_distribution = check_bool("return_distribution", return_distribution)
         seconds_per_step = self._seconds_per_step(overrides) if unit == "seconds" else None
         quantiles = check_quantiles(quantiles)
         setting, out, key = self._run(metric, batches, overrides, on)

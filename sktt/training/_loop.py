@@ -19,6 +19,7 @@ from torch import nn
 
 from ..gradients._inputs import index_inputs, inputs_to
 from ..gradients._outputs import call_model
+from ..utils import check_bool
 
 __all__ = ["make_optimizer", "run_steps", "torch_loss", "torch_targets"]
 
@@ -93,6 +94,7 @@ def run_steps(net, params, inputs, targets, recipe, batches, *, loss, lr_schedul
     seconds : list of float
         Wall time of each step (forward, backward, update; device-synchronised).
     """
+    train_mode = check_bool("train_mode", train_mode)  # every real step runs here
     device = params[0].device
     for p in net.parameters():
         p.grad = None

@@ -1,6 +1,7 @@
 """Validation, seeding and small torch helpers shared by every sktt module."""
 
 from ._validation import (
+    check_bool,
     check_choice,
     check_fraction,
     check_int,
@@ -12,6 +13,7 @@ from ._seeding import derive_seed, root_seed
 from ._memory import format_bytes, parse_memory
 
 __all__ = [
+    "check_bool",
     "check_choice",
     "check_fraction",
     "check_int",

@@ -5,8 +5,8 @@ import numbers
 
 import numpy as np
 
-__all__ = ["check_choice", "check_fraction", "check_int", "check_n_jobs", "check_positive_finite",
-           "check_steps"]
+__all__ = ["check_bool", "check_choice", "check_fraction", "check_int", "check_n_jobs",
+           "check_positive_finite", "check_steps"]
 
 
 def check_choice(name, value, choices):
@@ -32,6 +32,18 @@ def check_choice(name, value, choices):
         f"{name}={value!r} is not supported; accepted values are "
         f"{', '.join(repr(c) for c in choices)}.{hint}"
     )
+
+
+def check_bool(name, value):
+    """Return ``bool(value)`` if it is a bool (Python or numpy), else raise.
+
+    A truthy stand-in (``"no"``, ``1``, ``"False"``) would silently switch the
+    option on, so only real bools are accepted.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__}); "
+                        "accepted: True or False.")
+    return bool(value)
 
 
 def check_positive_finite(name, value, *, allow_zero=False):
