@@ -127,6 +127,9 @@ def test_measure_step_time_with_adamw(data):
     (dict(optimizer="adamw", nesterov=True, momentum=0.9), ValueError, r"SGD settings"),
     (dict(optimizer="adamw", betas=(0.9, 1.0)), ValueError, r"betas=\(0.9, 1.0\); accepted: a pair"),
     (dict(optimizer="adamw", betas=0.9), ValueError, r"betas=0.9; accepted"),
+    # unordered: {0.999, 0.9} has no (beta1, beta2) order, a dict's keys are not values
+    (dict(optimizer="adamw", betas={0.9, 0.999}), ValueError, r"betas=\{.*\}; accepted: a pair"),
+    (dict(optimizer="adamw", betas={0.9: 0, 0.999: 1}), ValueError, r"betas=\{.*\}; accepted"),
     (dict(optimizer="adamw", adam_eps=0.0), ValueError, r"adam_eps"),
     (dict(optimizer="adamw", adamw_mode="fast"), ValueError, r"adamw_mode"),
     (dict(optimizer="adamw", solver="ode"), ValueError, r"solver='auto' or 'discrete'"),

@@ -71,6 +71,7 @@ by at most about :math:`\eta_t`). ``adamw_mode`` chooses the simulation:
 memory budget).
 """
 
+import collections.abc
 import dataclasses
 
 import numpy as np
@@ -110,12 +111,15 @@ def check_learning_rates(rates, n_steps, *, name="lr_scheduler"):
 
 
 def _check_betas(value):
+    # (beta1, beta2) by position: a set or dict has no order (and a dict's keys are not the
+    # values), so {0.999, 0.9} could come out as (0.999, 0.9)
+    ordered = (hasattr(value, "__getitem__") and hasattr(value, "__len__")
+               and not isinstance(value, (str, bytes, collections.abc.Mapping)))
     try:
-        pair = tuple(float(b) for b in value)
+        pair = tuple(float(b) for b in value) if ordered else None
     except (TypeError, ValueError):
         pair = None
-    if (pair is None or len(pair) != 2 or isinstance(value, str)
-            or not all(0.0 <= b < 1.0 for b in pair)):
+    if pair is None or len(pair) != 2 or not all(0.0 <= b < 1.0 for b in pair):
         raise ValueError(f"betas={value!r}; accepted: a pair of floats (beta1, beta2), each in "
                          "[0, 1), as torch.optim.AdamW.")
     return pair
