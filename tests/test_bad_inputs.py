@@ -234,6 +234,11 @@ GRAM_ROWS = [
      r"k0=41 exceeds the 40 modes of the subset kernel \(N0·C\); accepted: k0 <= 40"),
     ("gs-k0-zero", lambda: _gs(k0=0).fit(J_SUB, R_SUB), ValueError,
      r"k0=0 is out of range; accepted: an integer in \[1, inf\]"),
+    # the dynamics parameters are read at predict time but refused at fit, as the predictor's
+    ("gs-momentum-one", lambda: _gs(momentum=1.0).fit(J_SUB, R_SUB), ValueError,
+     r"momentum=1.0 is invalid; accepted: a number in \[0.0, 1.0\)"),
+    ("gs-lr-string", lambda: _gs(lr="0.1").fit(J_SUB, R_SUB), TypeError,
+     r"lr must be a real number, got '0.1' \(str\)"),
     ("gs-infeasible-tail", lambda: _gs(k0=2, kernel="precomputed", projection_scale="samples")
      .fit(K_DIAG, R_TOP, residual_sq_norm=1.1 * (R_TOP @ R_TOP)), InfeasibleTailError,
      r"no power-law tail exists: ‖δy‖² = 1.104\d* but the head .* already reach"),

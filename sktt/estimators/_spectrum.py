@@ -271,6 +271,7 @@ class GramSpectrum(BaseEstimator):
         if not (isinstance(self.fit_range, str) or isinstance(self.fit_range, (tuple, list))):
             raise ValueError(f"fit_range={self.fit_range!r} is invalid; accepted: 'auto' or a "
                              "(start, stop) tuple of 1-based indices or fractions.")
+        self._recipe({})  # lr / momentum / n_steps: read at predict time, refused at fit
 
     def _recipe(self, overrides):
         """The gradient-flow recipe of one call (lr, momentum, n_steps), validated."""
