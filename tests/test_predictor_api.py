@@ -29,6 +29,34 @@ def test_get_set_params_and_clone(linear_problem):
     assert_allclose(a, b, rtol=1e-14)
 
 
+def test_fit_parameters_changed_after_fit_are_refused_until_refit(linear_problem):
+    # loss and model are read again by predictions (the loss of the fitted targets, the model
+    # of trust / refresh): set after fit, they would be mixed with the old fit's kernel
+    from conftest import RandomFeatureHead
+    from sktt.validation import compare_with_real
+
+    model, X, y = linear_problem
+    ttp = TrainingTimePredictor(model, lr=0.1, n_steps=10, trust_check=False).fit(X, y)
+    ttp.predict_curve()  # cached: the refusal may not depend on the cache
+    ttp.set_params(loss="mse")
+    for call in (lambda: ttp.predict_curve(), lambda: ttp.predict_curve("error", lr=0.2),
+                 lambda: ttp.predict_time(0.01, lr=0.3), lambda: ttp.trust_report(),
+                 lambda: ttp.extrapolate(48), lambda: compare_with_real(ttp, X, y)):
+        with pytest.raises(ValueError, match=r"loss='mse' was set after fit, which used "
+                                             r"loss='cross_entropy'.*Call fit again"):
+            call()
+    ttp.set_params(loss="cross_entropy")  # set back: the fit is valid again
+    ttp.predict_time(0.01)
+    ttp.set_params(model=RandomFeatureHead(n_features=7))  # another architecture
+    for call in (lambda: ttp.trust_report(), lambda: ttp.predict_curve(refresh_steps=2),
+                 lambda: ttp.predict_curve(weight_decay=0.1)):
+        with pytest.raises(ValueError, match=r"trainable parameters changed since fit .*"
+                                             r"head.weight.*Call fit again"):
+            call()
+    mse = ttp.set_params(loss="mse").fit(X, torch.nn.functional.one_hot(y, 3).double())
+    assert mse.predict_curve().shape == (11,)  # a new fit adopts both
+
+
 @pytest.mark.parametrize("dump", ["pickle", "joblib"])
 def test_pickle_round_trip(linear_problem, tmp_path, dump):
     model, X, y = linear_problem

@@ -35,7 +35,6 @@ paths.
 import numpy as np
 import torch
 from sklearn.utils import Bunch
-from sklearn.utils.validation import check_is_fitted
 
 from ..dynamics import check_targets
 from ..exceptions import MemoryBudgetError, NotFittedError
@@ -228,7 +227,7 @@ class EvalSetMixin:
             there), ``final`` (the curve at ``n_steps``), ``metric``. For SGD
             the curve is the mean over the ``n_paths`` simulated paths.
         """
-        check_is_fitted(self, "f0_")
+        self._check_fitted()
         curve = self.predict_curve(metric, on="eval", **overrides)
         finite = np.where(np.isfinite(curve), curve, np.inf)
         step = int(np.argmin(finite))

@@ -36,7 +36,7 @@ from ..utils._batches import dataloader_batches
 from ..gradients._outputs import check_output
 from ..gradients._auto_projection import resolve_projection
 from ..utils._torch import (model_device_dtype, model_untouched, require_trainable,
-                            warn_model_assumptions)
+                            trainable_parameters, warn_model_assumptions)
 from ._eval_set import EvalSetMixin, check_eval_set, joint_ntk, joint_rows
 from ._extraction_params import check_extraction_params, check_finite_outputs
 from ._adamw import AdamWMixin
@@ -500,6 +500,32 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
+    def _check_fitted(self):
+        """``check_is_fitted``, and that what the fitted state belongs to is unchanged.
+
+        ``loss`` and ``model`` are fit parameters that predictions read again (the
+        loss of the targets, the model of the refresh / trust / weight-decay
+        passes): changed by ``set_params`` after fit they would be mixed with the
+        old fit's targets and kernel, so they are refused until ``fit`` runs again.
+        """
+        check_is_fitted(self, "f0_")
+        fitted = self.__dict__.get("_fit_loss", self.loss)
+        if self.loss != fitted:
+            raise ValueError(f"loss={self.loss!r} was set after fit, which used loss={fitted!r}: "
+                             "the fitted targets and kernel belong to that loss. Call fit again "
+                             f"(or set loss={fitted!r} back).")
+        if self._has_trust_state() and isinstance(self.model, torch.nn.Module):
+            fit_shapes = {n: tuple(w.shape) for n, w in self._trust_state["weights"].items()}
+            params = dict(self.model.named_parameters(remove_duplicate=False))
+            now = {n: tuple(params[n].shape) for n in trainable_parameters(self.model)[0]}
+            if now != fit_shapes:
+                changed = sorted(n for n in set(now) | set(fit_shapes)
+                                 if now.get(n) != fit_shapes.get(n))
+                raise ValueError(f"the model's trainable parameters changed since fit (names or "
+                                 f"shapes of {changed[:5]}{' ...' if len(changed) > 5 else ''}): "
+                                 "the fitted kernel belongs to the model of the fit. Call fit "
+                                 "again with this model.")
+
     def _ntk_mode(self, n_rows, max_memory, projection):
         """"dense" or "factored" for this fit (:func:`~sktt.estimators._scale.resolve_ntk_mode`)."""
         return resolve_ntk_mode(self.ntk, projection=projection, n_rows=n_rows,
@@ -521,6 +547,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
     def _set_kernel(self, kernel, f0, targets):
         """Fitted state shared by both fits: the kernel operator, outputs, targets."""
         self._kernel = kernel
+        self._fit_loss = self.loss  # targets_ and the kernel's meaning (_check_fitted)
         self.ntk_mode_ = "factored" if getattr(kernel, "factored", False) else "dense"
         self.f0_ = f0
         self.targets_ = targets
@@ -693,7 +720,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         included: see :func:`sktt.training.measure_step_time`.
         """
 
-        check_is_fitted(self, "f0_")
+        self._check_fitted()
         if self._precomputed():
             raise ValueError("measure_step_time times real steps of the model; a predictor "
                              "with model='precomputed' has none. Use "
@@ -959,7 +986,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
 
     def _run(self, metric, batches, overrides, on="train"):
         """``(setting, out, key)``: the simulated (cached) curves and the key of ``metric``."""
-        check_is_fitted(self, "f0_")
+        self._check_fitted()
         check_choice("metric", metric, METRICS)
         if metric == "error" and not self._has_error_metric():
             raise ValueError("metric='error' needs a classification target: cross-entropy, or MSE "
@@ -1104,7 +1131,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
 
     def _seconds_per_step(self, overrides):
         """The measured seconds per step for this call's batch size, or a clear error."""
-        check_is_fitted(self, "f0_")
+        self._check_fitted()
         b = self._setting(overrides).recipe.batch_size or self.n_samples_
         measured = getattr(self, "seconds_per_step_", {})
         if b not in measured:
@@ -1142,7 +1169,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         spectrum : GramSpectrum
             Fitted on this predictor's eigendecomposition (no new gradients).
         """
-        check_is_fitted(self, "f0_")
+        self._check_fitted()
         if self.loss != "mse":
             raise ValueError(f"extrapolate needs loss='mse'; this predictor has loss="
                              f"{self.loss!r}. The subset-to-N extrapolation is derived for the "

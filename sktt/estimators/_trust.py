@@ -58,7 +58,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-from sklearn.utils.validation import check_is_fitted
 
 from ..dynamics import simulate
 from ..dynamics._displacement import linear_displacement, stability_ratio
@@ -401,7 +400,8 @@ class TrustMixin:
     """Trust diagnostic and closed-loop refresh for :class:`~sktt.TrainingTimePredictor`.
 
     Kept apart from the estimator so the core class stays about the prediction.
-    Expects the estimator's ``trust_check``, ``refresh_steps``, ``refresh_seconds``.
+    Expects the estimator's ``trust_check``, ``refresh_steps``, ``refresh_seconds`` and
+    ``_check_fitted``.
     """
 
     # -------------------------------------------------------------- fit
@@ -495,7 +495,7 @@ class TrustMixin:
             these settings (its real steps are run if not done yet), and
             ``relinearize`` when open-loop stages do.
         """
-        check_is_fitted(self, "f0_")
+        self._check_fitted()  # the estimator's: fitted, with the loss and model of the fit
         if not self._has_trust_state():
             raise ValueError("the trust diagnostic differentiates the model at other weights; "
                              "a predictor fitted with model='precomputed' has no model. Fit "

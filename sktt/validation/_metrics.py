@@ -497,6 +497,7 @@ def compare_with_real(predictor, X, y=None, *, eps=(0.01, 0.03), metric="loss", 
         raise ValueError(f"compare_with_real trains predictor.model for real, but the predictor "
                          f"has model={predictor.model!r} (fitted on JacobianFeatures output); "
                          "fit a TrainingTimePredictor with the torch model instead.")
+    predictor._check_fitted()  # the loss and model of its fit (y is cast for that loss below)
     metric = check_choice("metric", metric, _METRICS)
     eps = _check_eps(eps)
     smooth = _check_smooth(smooth)
