@@ -410,6 +410,11 @@ VALIDATION_ROWS = [
      r"seeds=-1 is out of range"),
     ("cwr-label-range", lambda f: compare_with_real(f, X, Y + 3), ValueError,
      r"y contains labels in \[3, 5\] but the model has 3 outputs"),
+    # fit's rule for the targets: 0.4 is no class index (a cast made it class 0)
+    ("cwr-float-labels", lambda f: compare_with_real(f, X, Y.double() + 0.4), TypeError,
+     r"y has dtype float64; loss='cross_entropy' needs integer class indices"),
+    ("cwr-one-hot", lambda f: compare_with_real(f, X, ONEHOT.long()), ValueError,
+     r"y has shape \(24, 3\); loss='cross_entropy' needs class indices of shape \(n_samples,\)"),
     ("disp-curve-not-fitted", lambda f: TrainingCurveDisplay.from_estimator(
         TrainingTimePredictor(_HEAD)), NotFittedError, r"not fitted yet"),
     ("disp-time-not-fitted", lambda f: TrainingTimeDisplay.from_estimator(

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from ..dynamics import check_eps, epsilon_training_time, smooth_curve
+from ..dynamics import check_eps, check_targets, epsilon_training_time, smooth_curve
 from ..exceptions import ValidationWarning
 from ..gradients._inputs import as_inputs
 from ..utils import check_choice, check_int, derive_seed
@@ -514,10 +514,12 @@ def compare_with_real(predictor, X, y=None, *, eps=(0.01, 0.03), metric="loss", 
                          f"{predictor.n_samples_}; pass the training data of the fit.")
     if y is None:
         y = torch.as_tensor(np.asarray(predictor.targets_))
-    if predictor.loss == "cross_entropy":
-        y = y.to(torch.int64).reshape(-1)
-    else:
-        y = y.to(dtype).reshape(len(inputs), -1)
+    # the fit's rule for targets (a cast would truncate float labels 0.4 -> 0, a reshape
+    # would fold one-hot rows into labels): the same error as fit for the same y
+    y = torch.as_tensor(check_targets(y.detach().cpu().numpy(), predictor.loss,
+                                      predictor.n_outputs_))
+    if predictor.loss != "cross_entropy":
+        y = y.to(dtype)
 
     sgd = not recipe.full_batch
     if not sgd:
