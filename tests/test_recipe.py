@@ -122,6 +122,10 @@ def test_ode_with_schedule_and_weight_decay_matches_its_definition(data):
     (dict(lr_scheduler=[0.1, 0.2]), ValueError, r"lr_scheduler as an array must be 1-D with at least n_steps=25"),
     (dict(lr_scheduler=np.full(T, -1.0)), ValueError, r"lr_scheduler holds learning rates outside"),
     (dict(lr_scheduler=lambda opt: 3), TypeError, r"lr_scheduler returned int"),
+    # an instance (not a factory) was refused as "an array must be 1-D", naming no fix
+    (dict(lr_scheduler=StepLR(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), 3)),
+     TypeError, r"lr_scheduler is a StepLR instance, bound to the optimizer .* accepted: a "
+                r"factory taking the optimizer \(e.g. functools.partial\(StepLR, ...\)"),
     (dict(lr_scheduler=lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, 1.0, total_steps=40)),
      ValueError, r"lr_scheduler changes the momentum"),
 ])

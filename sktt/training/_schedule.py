@@ -40,6 +40,17 @@ def scheduled_learning_rates(lr, lr_scheduler, n_steps):
     """
     if lr_scheduler is None:
         return None
+    if isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        raise TypeError("lr_scheduler is a ReduceLROnPlateau instance; it needs the loss and "
+                        "cannot be predicted. Accepted: a factory of a scheduler stepped once "
+                        "per optimiser step without arguments, or an array of per-step rates.")
+    if isinstance(lr_scheduler, torch.optim.lr_scheduler.LRScheduler):
+        # an instance steps the optimizer it was built on, not the one sktt trains
+        name = type(lr_scheduler).__name__
+        raise TypeError(f"lr_scheduler is a {name} instance, bound to the optimizer it was built "
+                        f"with; accepted: a factory taking the optimizer (e.g. functools.partial("
+                        f"{name}, ...) or lambda opt: {name}(opt, ...)), or an array of per-step "
+                        "rates.")
     if not callable(lr_scheduler):
         return np.asarray(check_learning_rates(lr_scheduler, n_steps))
     weight = torch.zeros(1, requires_grad=True)
