@@ -1,6 +1,7 @@
 """JacobianFeatures as a pipeline step: layout, equivalence with the one-object path,
 clone / pickle, and Pipeline(memory=...) caching."""
 
+import copy
 import pickle
 
 import numpy as np
@@ -68,6 +69,25 @@ def test_transform_of_new_data_uses_the_fitted_projection(demo):
     assert_array_equal(a.rows, b.rows)  # seed drawn once in fit
     full = jf.transform(demo.X)
     assert_allclose(full.rows[:6 * C], a.rows, rtol=1e-12, atol=1e-12)
+
+
+def test_transform_refuses_a_projection_or_model_changed_after_fit(demo):
+    # transform keeps the fit's projection and seed; a projection_dim or model set after fit
+    # gave rows of another width (and sketch) than the fit's, with n_columns_ unchanged
+    jf = JacobianFeatures(demo.model, projection="countsketch", projection_dim=64,
+                          random_state=0).fit(demo.X[:10])
+    jf.set_params(projection_dim=32)
+    with pytest.raises(ValueError, match=r"projection_dim=32 was set after fit, which projected "
+                                         r"to 64 columns.*Call fit again"):
+        jf.transform(demo.X[:6])
+    assert jf.set_params(projection_dim=64).transform(demo.X[:6]).rows.shape == (6 * C, 64)
+    narrower = copy.deepcopy(demo.model)  # the same parameter names, a 32-unit hidden layer
+    narrower.classifier[1] = torch.nn.Linear(32 * 4 * 4, 32, dtype=torch.float64)
+    narrower.classifier[3] = torch.nn.Linear(32, C, dtype=torch.float64)
+    jf.set_params(model=narrower)
+    with pytest.raises(ValueError, match=r"trainable parameters changed since fit .* fit again"):
+        jf.transform(demo.X[:6])
+    assert jf.fit(demo.X[:10]).transform(demo.X[:6]).n_columns == 64  # a new fit adopts it
 
 
 def test_exact_rows_give_exact_kernel(demo):

@@ -33,7 +33,8 @@ from ..gradients import as_inputs, first_outputs, n_samples_of, resolve_projecti
 from ..gradients._outputs import check_output
 from ..gradients._full_rows import full_jacobian_rows
 from ..utils import root_seed
-from ..utils._torch import model_device_dtype, model_untouched, require_trainable
+from ..utils._torch import (model_device_dtype, model_untouched, require_trainable,
+                            trainable_parameters)
 from ._extraction_params import check_extraction_params, check_finite_outputs
 from ._rows import JacobianRows
 
@@ -203,6 +204,16 @@ class JacobianFeatures(TransformerMixin, BaseEstimator):
         if missing:
             raise ValueError(f"the model's trainable parameters changed since fit (missing "
                              f"{sorted(missing)}); fit again.")
+        if not resolve:  # transform: rows with the fit's columns (set_params after fit)
+            n_params = sum(p.numel() for p in trainable_parameters(self.model)[1])
+            if n_params != self.n_params_:
+                raise ValueError(f"the model's trainable parameters changed since fit ({n_params} "
+                                 f"parameters, fitted with {self.n_params_}); fit again.")
+            if self.projection_ is not None and int(self.projection_dim) != self.n_columns_:
+                raise ValueError(f"projection_dim={self.projection_dim} was set after fit, which "
+                                 f"projected to {self.n_columns_} columns: transform would give "
+                                 "rows of another projection than the fit's. Call fit again (or "
+                                 f"set projection_dim={self.n_columns_} back).")
         _, dtype = model_device_dtype(self.model)
         with model_untouched(self.model) as model:
             inputs, targets = as_inputs(X, y, float_dtype=dtype)
