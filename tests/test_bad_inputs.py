@@ -157,8 +157,13 @@ def fitted():
     (dict(eps=0.1, learning_rate=0.1), TypeError, r"unexpected keyword\(s\) \['learning_rate'\]"),
     (dict(threshold=1e-9), ThresholdNotReachedError, r"threshold 1e-09 is not reached within n_steps=30"),
     (dict(eps=0.1, smooth=0), ValueError, r"smooth=0"),
+    # a window past the curve averaged the repeated edges into a flat line: threshold=1.1 was
+    # reached at 16 instead of 9, silently
+    (dict(threshold=1.0, smooth=1000), ValueError,
+     r"smooth=1000 is longer than the curve \(31 points, steps 0..n_steps=30\); accepted: an "
+     r"integer in \[1, 31\]"),
 ], ids=["eps-zero", "eps-negative", "eps-nan", "unknown-metric", "override-lr", "unknown-override",
-        "unreachable-threshold", "smooth-zero"])
+        "unreachable-threshold", "smooth-zero", "smooth-above-curve"])
 def test_bad_predict_input(fitted, kwargs, exc, pattern):
     with pytest.raises(exc, match=pattern):
         fitted.predict_time(**kwargs)
@@ -200,7 +205,8 @@ def test_every_row_is_in_the_docs_table():
     text = DOCS.read_text()
     ids = [r[0] for r in FIT_ROWS] + [r[0] for r in MODEL_ROWS] + [
         "eps-zero", "eps-nan", "unknown-metric", "unreachable-threshold", "ntk-nonfinite",
-        "ntk-negative-eigenvalue", "dataset-structure", "not-fitted"]
+        "ntk-negative-eigenvalue", "dataset-structure", "not-fitted",
+        "smooth-above-curve"]
     missing = [i for i in ids if not re.search(rf"``{re.escape(i)}``", text)]
     assert not missing, missing
 

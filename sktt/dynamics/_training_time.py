@@ -82,8 +82,12 @@ def smooth_curve(curve, window):
     """Centred moving average over ``window`` steps (edges repeat the end values)."""
     if window is None or window <= 1:
         return np.asarray(curve, dtype=np.float64)
-    return uniform_filter1d(np.asarray(curve, dtype=np.float64), size=int(window), axis=-1,
-                            mode="nearest")
+    curve = np.asarray(curve, dtype=np.float64)
+    n = curve.shape[-1]
+    if window > n:  # the repeated edges would outweigh the curve: a flat line, a made-up time
+        raise ValueError(f"smooth={window} is longer than the curve ({n} points, steps 0..n_steps="
+                         f"{n - 1}); accepted: an integer in [1, {n}].")
+    return uniform_filter1d(curve, size=int(window), axis=-1, mode="nearest")
 
 
 def final_value_noise(finals):
