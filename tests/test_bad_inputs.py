@@ -414,6 +414,8 @@ VALIDATION_ROWS = [
      r"eps must be a real number .* got '0.1' \(str\)"),
     ("cwr-seeds", lambda f: compare_with_real(f, X, Y, seeds=-1, batch_size=4), ValueError,
      r"seeds=-1 is out of range"),
+    ("cwr-seeds-full-batch", lambda f: compare_with_real(f, X, Y, seeds=-1), ValueError,
+     r"seeds=-1 is out of range"),  # GD ignores seeds, but a bad value is still refused
     ("cwr-label-range", lambda f: compare_with_real(f, X, Y + 3), ValueError,
      r"y contains labels in \[3, 5\] but the model has 3 outputs"),
     # fit's rule for the targets: 0.4 is no class index (a cast made it class 0)

@@ -522,13 +522,13 @@ def compare_with_real(predictor, X, y=None, *, eps=(0.01, 0.03), metric="loss", 
         y = y.to(dtype)
 
     sgd = not recipe.full_batch
+    if seeds is not None:  # checked for gradient descent too, which has no batch order to seed
+        seeds = _check_seeds(seeds)
     if not sgd:
         seeds = [None]
     elif seeds is None:
         seeds = [predictor.dataloader_seed(0) if hasattr(predictor, "dataloader_seed")
                  else derive_seed(predictor.seed_, 0)]
-    else:
-        seeds = _check_seeds(seeds)
     held_out = None
     if getattr(predictor, "eval_f0_", None) is not None:
         held_out = (predictor._eval_inputs, torch.as_tensor(np.asarray(predictor.eval_targets_)))
