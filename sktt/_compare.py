@@ -23,7 +23,7 @@ from .dynamics import epsilon_flags
 from .estimators import TrainingTimePredictor
 from .exceptions import DivergenceError, DivergenceWarning, LinearizationWarning
 from .gradients._parallel import map_chunks, n_workers_for
-from .utils import check_choice, check_n_jobs
+from .utils import check_bool, check_choice, check_n_jobs
 
 __all__ = ["Comparison", "compare"]
 
@@ -286,7 +286,8 @@ def compare(model, datasets, param_grid=None, *, eps=None, metric="loss", n_jobs
     if any("solver" in s for s in settings):
         columns.append("solver")
     options = {"predictor_params": params, "eps": eps, "metric": metric,
-               "measure_time": bool(measure_time), "trust": bool(trust),
+               "measure_time": check_bool("measure_time", measure_time),
+               "trust": check_bool("trust", trust),
                "columns": columns,
                "eval": any(item[3] is not None for item in items),
                "any_sgd": any(s.get("batch_size", predictor_params.get("batch_size"))

@@ -357,6 +357,10 @@ COMPARE_ROWS = [
      r"n_jobs=0 is invalid; accepted: None, a positive int"),
     ("cmp-label-range", lambda: compare(_HEAD, {"a": (X, Y + 3)}), ValueError,
      r"labels in \[3, 5\] but the model has 3 outputs"),
+    # bool("no") is True: the trust column (a few dozen passes per setting) ran anyway
+    ("cmp-trust-string", lambda: compare(_HEAD, {"a": (X, Y)}, {"lr": [0.1]}, n_steps=5,
+                                         trust="no"),
+     TypeError, r"trust must be a bool, got 'no' \(str\); accepted: True or False"),
 ]
 
 
