@@ -390,6 +390,16 @@ VALIDATION_ROWS = [
      ValueError, r"loss='mse' needs float targets of shape \(N, 3\) .* got shape \(24, 4\)"),
     ("rrt-batches-range", lambda f: run_real_training(_HEAD, X, Y, lr=0.1, batches=[[0, 100]]),
      ValueError, r"batches\[0\] holds indices in \[0, 100\]; accepted: .* \[0, 23\]"),
+    # predict_curve(batches=...) refuses these; the real run truncated 0.5 -> 0 and read a mask
+    # of 24 True as sample 1, 24 times
+    ("rrt-batches-float", lambda f: run_real_training(_HEAD, X, Y, lr=0.1, batches=[[0.5, 1.2]]),
+     ValueError, r"batches\[0\] has dtype float64; accepted: integer index arrays"),
+    ("rrt-batches-mask", lambda f: run_real_training(_HEAD, X, Y, lr=0.1,
+                                                     batches=[np.ones(24, bool)]),
+     ValueError, r"batches\[0\] has dtype bool; accepted: integer index arrays"),
+    ("rrt-seed-string", lambda f: run_real_training(_HEAD, X, Y, lr=0.1, n_steps=2, batch_size=4,
+                                                    seed="1"),
+     ValueError, r"seed must be an integer >= 0, got '1'"),
     ("rrt-empty-x", lambda f: run_real_training(_HEAD, X[:0], Y[:0], lr=0.1, n_steps=2),
      ValueError, r"X is empty \(0 samples\)"),
     ("rrt-n-steps-missing", lambda f: run_real_training(_HEAD, X, Y, lr=0.1), ValueError,

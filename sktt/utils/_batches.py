@@ -83,6 +83,7 @@ def dataloader_batches(
     n_samples = _check_int("n_samples", n_samples, 1)
     batch_size = _check_int("batch_size", batch_size, 1)
     n_steps = _check_int("n_steps", n_steps, 0)
+    seed = _check_int("seed", seed, 0, allow_none=True)  # int("1") and int(1.5) were seeds too
     if seed is not None and generator is not None:
         raise ValueError("Pass either seed or generator, not both.")
     if batch_size >= n_samples:

@@ -240,6 +240,12 @@ def run_real_training(
                 seed=seed, drop_last=drop_last,
             )
         else:
+            for t, b in enumerate(batches):  # as predict_curve(batches=...) checks them
+                b = np.asarray(b)
+                if b.size and (b.dtype == bool or not np.issubdtype(b.dtype, np.integer)):
+                    raise ValueError(f"batches[{t}] has dtype {b.dtype}; accepted: integer index "
+                                     "arrays (a float index would be truncated, a boolean mask "
+                                     "read as the indices 0 and 1).")
             batches = [np.asarray(b, dtype=np.int64).reshape(-1) for b in batches]
             for t, b in enumerate(batches):
                 if b.size == 0 or b.min() < 0 or b.max() >= n:
