@@ -99,3 +99,20 @@ def test_predict_time_in_seconds(linear_problem):
         ttp.measure_step_time(X[:5])
     ttp.measure_step_time(X[:5], y[:5], n_repeats=1)
     assert set(ttp.seconds_per_step_) == {6}
+
+
+def test_seconds_of_another_optimizer_are_refused(linear_problem):
+    # seconds_per_step_ is keyed by batch size: an AdamW prediction in seconds silently
+    # multiplied its steps by the SGD step time that measure_step_time had taken
+    model, X, y = linear_problem
+    ttp = TrainingTimePredictor(model, lr=0.01, batch_size=6, n_steps=10, trust_check=False,
+                                random_state=0).fit(X, y)
+    ttp.measure_step_time(X, y, n_repeats=1, n_warmup=0)
+    ttp.predict_time(0.01, unit="seconds")  # the optimizer it timed
+    with pytest.raises(NotFittedError, match=r"batch_size=6 was measured with optimizer='sgd', "
+                                             r"not optimizer='adamw'; call set_params"):
+        ttp.predict_time(0.01, unit="seconds", optimizer="adamw")
+    ttp.set_params(optimizer="adamw").measure_step_time(X, y, n_repeats=1, n_warmup=0)
+    assert ttp.predict_time(0.01, unit="seconds") >= 0
+    with pytest.raises(NotFittedError, match=r"measured with optimizer='adamw'"):
+        ttp.predict_time(0.01, unit="seconds", optimizer="sgd")

@@ -495,6 +495,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         self.seed_ = seed
         self._cache = {}
         self.seconds_per_step_ = {}  # step timings belong to the model of this fit
+        self._step_time_optimizer = {}  # the optimizer each of them timed
         self._fit_trust(self.model, inputs, names, plan=plan,  # sktt.estimators._trust
                         path=extraction["jacobian_method"])
         self.fit_seconds_ = time.perf_counter() - start
@@ -676,6 +677,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         self.seed_ = root_seed(self.random_state)  # the minibatch order
         self._cache = {}
         self.seconds_per_step_ = {}
+        self._step_time_optimizer = {}
         for attr in ("_trust_state", "trust_", "linearity_score_", "kernel_lambda_ratio_",
                      "stability_ratio_", "relative_displacement_", "trust_seconds_"):
             self.__dict__.pop(attr, None)  # no model here: no trust snapshot
@@ -739,7 +741,9 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
                 raise ValueError(f"y is None but X has {n} samples, not the {self.n_samples_} of "
                                  "fit; pass the targets of X.")
             y = np.asarray(self.targets_)
+        timed = self.__dict__.setdefault("_step_time_optimizer", {})
         for b in sizes:
+            timed[b] = self.optimizer  # an AdamW step is not an SGD step (_seconds_per_step)
             self.seconds_per_step_[b] = measure_step_time(
                 self.model, X, y, batch_size=b, loss=self.loss, lr=self.lr,
                 momentum=self.momentum, dampening=self.dampening, nesterov=self.nesterov,
@@ -1132,13 +1136,20 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
     def _seconds_per_step(self, overrides):
         """The measured seconds per step for this call's batch size, or a clear error."""
         self._check_fitted()
-        b = self._setting(overrides).recipe.batch_size or self.n_samples_
+        recipe = self._setting(overrides).recipe
+        b = recipe.batch_size or self.n_samples_
         measured = getattr(self, "seconds_per_step_", {})
         if b not in measured:
             raise NotFittedError(
                 f"no step time measured for batch_size={b}; call "
                 f"measure_step_time(X, y, batch_size={b}) first (measured batch sizes: "
                 f"{sorted(measured) or 'none'}).")
+        timed = self.__dict__.get("_step_time_optimizer", {}).get(b, recipe.optimizer)
+        if timed != recipe.optimizer:
+            raise NotFittedError(
+                f"the step time for batch_size={b} was measured with optimizer={timed!r}, not "
+                f"optimizer={recipe.optimizer!r}; call set_params(optimizer="
+                f"{recipe.optimizer!r}).measure_step_time(X, y, batch_size={b}) first.")
         return measured[b]
 
     def extrapolate(self, n_samples, *, residual_sq_norm=None, **spectrum_params):
