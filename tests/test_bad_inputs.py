@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import RandomFeatureHead
 
-from sktt import GramSpectrum, JacobianFeatures, TrainingTimePredictor, compare
+from sktt import GramSpectrum, JacobianFeatures, JacobianRows, TrainingTimePredictor, compare
 from sktt.exceptions import (
     DivergenceError,
     InfeasibleTailError,
@@ -319,6 +319,11 @@ FEATURE_ROWS = [
      r"n_jobs=0 is invalid"),
     ("precomputed-not-rows", lambda: TrainingTimePredictor("precomputed").fit(X.numpy(), Y),
      TypeError, r"model='precomputed' takes the output of JacobianFeatures as X .*got ndarray"),
+    # rows built by hand: f0 with a NaN gave a curve of inf, silently (fit from the model
+    # refuses NaN outputs)
+    ("precomputed-nan-f0", lambda: TrainingTimePredictor("precomputed").fit(
+        JacobianRows(np.ones((72, 5)), np.where(np.eye(24, 3) > 0, np.nan, 0.0)), Y), ValueError,
+     r"the model's outputs at the initial weights contain NaN or inf"),
     ("precomputed-label-range", lambda: TrainingTimePredictor("precomputed").fit(
         JacobianFeatures(RandomFeatureHead()).fit_transform(X), Y + 3), ValueError,
      r"labels in \[3, 5\] but the model has 3 outputs"),

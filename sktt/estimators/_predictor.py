@@ -652,7 +652,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         if targets is None:
             raise ValueError("y is None and the JacobianRows carry no targets; pass y, or get the "
                              "rows from JacobianFeatures.fit_transform(X, y).")
-        f0 = X.f0
+        f0 = check_finite_outputs(X.f0)  # rows built by hand, or from another model's outputs
         targets = check_targets(targets, self.loss, f0.shape[1])
         self._setting({}, n_samples=f0.shape[0])
         n_rows = X.rows.shape[0]
