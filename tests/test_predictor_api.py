@@ -57,6 +57,25 @@ def test_fit_parameters_changed_after_fit_are_refused_until_refit(linear_problem
     assert mse.predict_curve().shape == (11,)  # a new fit adopts both
 
 
+@pytest.mark.parametrize("params, exc, match", [
+    (dict(chunk_size=-5), ValueError, r"chunk_size=-5 is out of range"),  # was torch.cat([])
+    (dict(chunk_size=2.5), TypeError, r"chunk_size must be an integer, got 2.5"),
+    (dict(n_jobs=0), ValueError, r"n_jobs=0 is invalid"),  # was joblib's message, or ignored
+    (dict(jacobian_method="bad"), ValueError, r"jacobian_method='bad' is not supported"),
+])
+def test_fit_parameters_set_invalid_after_fit_are_refused_by_predictions(linear_problem, params,
+                                                                         exc, match):
+    # the model's passes at predict time (weight decay, refresh, stages, exact AdamW) read
+    # these again: validated there as at fit, not passed on to torch / joblib
+    model, X, y = linear_problem
+    ttp = TrainingTimePredictor(model, lr=0.1, n_steps=6, trust_check=False).fit(X, y)
+    ttp.set_params(**params)
+    for kw in (dict(weight_decay=0.1), dict(refresh_steps=2), dict(relinearize=1),
+               dict(optimizer="adamw", adamw_mode="exact")):
+        with pytest.raises(exc, match=match):
+            ttp.predict_curve(**kw)
+
+
 @pytest.mark.parametrize("dump", ["pickle", "joblib"])
 def test_pickle_round_trip(linear_problem, tmp_path, dump):
     model, X, y = linear_problem

@@ -508,8 +508,11 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         loss of the targets, the model of the refresh / trust / weight-decay
         passes): changed by ``set_params`` after fit they would be mixed with the
         old fit's targets and kernel, so they are refused until ``fit`` runs again.
+        The other fit parameters are re-validated: the model's passes at predict
+        time read ``chunk_size``, ``n_jobs``, ``jacobian_method``, ``max_memory``.
         """
         check_is_fitted(self, "f0_")
+        self._check_fit_params()  # e.g. set_params(chunk_size=-5) after fit
         fitted = self.__dict__.get("_fit_loss", self.loss)
         if self.loss != fitted:
             raise ValueError(f"loss={self.loss!r} was set after fit, which used loss={fitted!r}: "
