@@ -131,6 +131,20 @@ def test_on_eval_needs_an_eval_set(data):
         ttp.predict_curve(on="val")
 
 
+def test_best_step_takes_dynamics_parameters_only(data):
+    # predict_curve's own options changed what the curve is: steps=[0, 5] reported the index
+    # 1 of the minimum as "step 1", return_band / on failed with numpy / Python TypeErrors
+    X, y, X_val, y_val = data
+    ttp = TrainingTimePredictor(RandomFeatureHead(), lr=0.5, n_steps=8, trust_check=False).fit(
+        X, y, eval_set=(X_val, y_val))
+    for bad in (dict(steps=[0, 5]), dict(return_band=True), dict(on="train")):
+        with pytest.raises(TypeError, match=rf"unexpected keyword\(s\) \[{next(iter(bad))!r}\]; "
+                                            r"predict methods accept the dynamics parameters"):
+            ttp.predict_best_step(**bad)
+    assert ttp.predict_best_step(lr=0.2).step == int(np.argmin(ttp.predict_curve(on="eval",
+                                                                                 lr=0.2)))
+
+
 def test_projected_cross_kernel_uses_the_training_projection(data):
     X, y, X_val, y_val = data
     model = RandomFeatureHead(n_features=60)

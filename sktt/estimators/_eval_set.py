@@ -228,6 +228,9 @@ class EvalSetMixin:
             the curve is the mean over the ``n_paths`` simulated paths.
         """
         self._check_fitted()
+        # dynamics parameters only: predict_curve's own options would change what the curve
+        # is (steps=[0, 5] made its index 1 "step 1"; return_band a Bunch, not a curve)
+        self._setting(overrides)
         curve = self.predict_curve(metric, on="eval", **overrides)
         finite = np.where(np.isfinite(curve), curve, np.inf)
         step = int(np.argmin(finite))
