@@ -25,6 +25,8 @@ computed or ruled out: the same time as the full curve gives, at a fraction of
 its cost when the bounds are tight.
 """
 
+import numbers
+
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
@@ -48,6 +50,8 @@ def _real_values(name, value, accepted):
     ``np.asarray("0.1", dtype=float)`` is 0.1 and ``True`` is 1.0: accepted
     silently, a typo or a flag passed in the wrong place would give a number.
     """
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        return np.asarray(float(value))  # any real scalar, as lr takes (Fraction too)
     try:
         arr = np.asarray(value)
     except (TypeError, ValueError):  # ragged nesting
