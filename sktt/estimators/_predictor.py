@@ -665,12 +665,12 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
 
         Parameters
         ----------
-        X : Tensor, ndarray, tuple of those, or torch.utils.data.Dataset
-            Training inputs (a slice of at least ``batch_size`` rows is enough;
-            fewer rows are repeated).
+        X : Tensor, ndarray, tuple / dict of those, Dataset or DataLoader
+            Training inputs, any container ``fit`` takes (a slice of at least
+            ``batch_size`` rows is enough; fewer rows are repeated).
         y : array-like or None, default=None
             Their targets; None reuses ``targets_`` when ``X`` has the fitted
-            number of samples (or the Dataset's targets).
+            number of samples (or the Dataset's / DataLoader's targets).
         batch_size : int, sequence of int or None, default=None
             Batch size(s) to time; None means the estimator's ``batch_size``
             (``n_samples_`` for full batch).
@@ -704,11 +704,14 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         else:
             sizes = list(batch_size)
         sizes = [check_int("batch_size", b, low=1, high=self.n_samples_) for b in sizes]
-        if y is None and not isinstance(X, torch.utils.data.Dataset):
-            n = len(X[0]) if isinstance(X, (tuple, list)) else len(X)
-            if n != self.n_samples_:
-                raise ValueError(f"y is None but X has {n} samples, not the {self.n_samples_} of "
-                                 "fit; pass the targets of X.")
+        if y is None and not isinstance(X, (torch.utils.data.Dataset,
+                                            torch.utils.data.DataLoader)):
+            # samples as fit counts them: len() of a dict / BatchEncoding is its number of
+            # keys, of a DataLoader its number of batches
+            X, _ = as_inputs(X, None, float_dtype=model_device_dtype(self.model)[1])
+            if len(X) != self.n_samples_:
+                raise ValueError(f"y is None but X has {len(X)} samples, not the "
+                                 f"{self.n_samples_} of fit; pass the targets of X.")
             y = np.asarray(self.targets_)
         for b in sizes:
             self.seconds_per_step_[b] = measure_step_time(
