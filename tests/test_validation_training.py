@@ -196,3 +196,22 @@ def test_demo_loss_decreases():
     assert np.all(np.isfinite(res.loss))
     assert res.loss[-1] < res.loss[0]
     assert np.all((res.error >= 0) & (res.error <= 100))
+
+
+def test_scalar_regression_head_takes_1d_targets_as_fit_does():
+    """A one-output model (``num_labels=1``) with MSE: fit takes ``y`` of shape (N,) as
+    (N, 1); the real training and the step timing refused it ("needs float targets of shape
+    (N, 1)"), so compare_with_real's reference run could not be reproduced by hand."""
+    from sktt.validation import measure_step_time
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    X = torch.randn(16, 4, dtype=torch.float64)
+    y = torch.randn(16, dtype=torch.float64)
+    flat = run_real_training(model, X, y, loss="mse", lr=0.1, n_steps=5,
+                             eval_set=(X[:4], y[:4]))
+    column = run_real_training(model, X, y[:, None], loss="mse", lr=0.1, n_steps=5,
+                               eval_set=(X[:4], y[:4, None]))
+    assert_allclose(flat.loss, column.loss, rtol=1e-14)
+    assert_allclose(flat.eval_loss, column.eval_loss, rtol=1e-14)
+    assert measure_step_time(model, X, y, batch_size=4, loss="mse", n_repeats=1) > 0

@@ -127,7 +127,7 @@ def run_real_training(
         to the model's parameter dtype.
     y : torch.Tensor or numpy.ndarray
         Int labels of shape ``(N,)`` for ``loss="cross_entropy"``; float
-        targets of shape ``(N, C)`` for ``loss="mse"``.
+        targets of shape ``(N, C)`` for ``loss="mse"`` (``(N,)`` when C = 1).
     loss : {"cross_entropy", "mse"}, default="cross_entropy"
         ``nn.functional.cross_entropy`` or ``nn.functional.mse_loss`` with
         torch's default mean reduction.
@@ -313,6 +313,8 @@ def _checked_data(net, X, y, loss, dtype, device, output, prefix=""):
             raise ValueError(f"{prefix}y contains labels in [{lo}, {hi}] but the model has "
                              f"{n_out} outputs; accepted: labels in [0, {n_out - 1}].")
         return X, y.long(), y.long()
+    if y.ndim == 1 and n_out == 1:  # a scalar regression head: (N,) is (N, 1), as in fit
+        y = y[:, None]
     if y.ndim != 2 or y.shape[1] != n_out:
         raise ValueError(f"{prefix}loss='mse' needs float targets of shape (N, {n_out}) matching "
                          f"the model's {n_out} outputs, got shape {tuple(y.shape)}; one-hot "
