@@ -27,7 +27,7 @@ from ..gradients._inputs import as_inputs, inputs_to
 from ..gradients._outputs import call_model, check_output
 from ..utils import check_choice
 from ..utils._batches import _check_int, dataloader_batches
-from ..utils._torch import require_trainable
+from ..utils._torch import model_untouched, require_trainable
 
 __all__ = ["RealTrainingResult", "dataloader_batches", "run_real_training"]
 
@@ -119,8 +119,9 @@ def run_real_training(
     ----------
     model : torch.nn.Module
         The model; left untouched (weights, gradients, ``requires_grad``
-        flags, train/eval modes and the global torch RNG state are as
-        before). Only its parameters with ``requires_grad=True`` are trained.
+        flags, train/eval modes and the global torch, numpy and python
+        ``random`` RNG states are as before). Only its parameters with
+        ``requires_grad=True`` are trained.
     X : Tensor, ndarray, tuple/list of tensors, dict / BatchEncoding, Dataset or DataLoader
         Inputs, first axis samples (any container
         :class:`~sktt.TrainingTimePredictor` takes). Float arrays are converted
@@ -208,8 +209,10 @@ def run_real_training(
                          weight_decay=weight_decay)
     TrainingRecipe.from_params(recipe_params)  # fail early, before copying the model
 
-    rng_state = torch.get_rng_state()
-    try:
+    # the steps run on a copy, but a train-mode forward draws from the global RNGs (dropout
+    # on the CPU or CUDA generator, numpy / python ``random`` in e.g. SpecAugment or
+    # LayerDrop): restore all of them, as every other pass on the user's model does
+    with model_untouched(model):
         net = copy.deepcopy(model)
         dtype, device = _param_dtype_device(net)
         net.eval()
@@ -276,8 +279,6 @@ def run_real_training(
         _, seconds = run_steps(net, params, X, targets, recipe, batches, loss=loss,
                                lr_scheduler=lr_scheduler if callable(lr_scheduler) else None,
                                train_mode=train_mode, after_step=record)
-    finally:
-        torch.set_rng_state(rng_state)
 
     return RealTrainingResult(
         loss=losses,
