@@ -194,8 +194,9 @@ class EvalSetMixin:
     def _has_eval_set(self):
         return getattr(self, "eval_f0_", None) is not None
 
-    def _curve_key(self, metric, on, solver):
-        """Key of the simulated curves of ``metric`` on the ``on`` rows (validated)."""
+    def _curve_key(self, metric, on, setting):
+        """Key of the simulated curves of ``metric`` on the ``on`` rows (validated against
+        what ``setting`` can predict)."""
         if on not in ON:
             raise ValueError(f"on={on!r}; accepted: 'train' (the training set) or 'eval' (the "
                              "eval_set given to fit).")
@@ -204,11 +205,20 @@ class EvalSetMixin:
         if not self._has_eval_set():
             raise NotFittedError("on='eval' needs held-out data: fit with "
                                  "eval_set=(X_val, y_val).")
-        if solver == "sde":
-            raise ValueError("solver='sde' cannot predict held-out curves: its noise factor "
-                             "covers the training rows' gradient noise only, not its share on "
-                             "the held-out rows; use solver='discrete' (exact) or 'ode'.")
+        refusal = self._held_out_refusal(setting)
+        if refusal is not None:
+            raise ValueError(refusal)
         return "eval_" + metric
+
+    def _held_out_refusal(self, setting):
+        """Why ``setting`` predicts no held-out curves (a message), or None."""
+        if setting.recipe.resolved_solver == "sde":
+            return ("solver='sde' cannot predict held-out curves: its noise factor covers the "
+                    "training rows' gradient noise only, not its share on the held-out rows; "
+                    "use solver='discrete' (exact) or 'ode'.")
+        if setting.recipe.is_adamw:  # ._adamw: only the exact mode moves held-out rows
+            return self._adamw_held_out_refusal(setting.recipe, setting.refresh_active)
+        return None
 
     def predict_best_step(self, metric="loss", **overrides):
         """Predicted early-stopping point: the step of the lowest mean held-out loss or error.

@@ -791,7 +791,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         if batches is None and solver == "discrete" and not recipe.full_batch:
             batches = self._batch_sequence(recipe, recipe.n_paths)
         if recipe.is_adamw:  # parameter space or preconditioned kernels (._adamw)
-            kernel, problem, mode = self._adamw_operands(recipe)
+            kernel, problem, mode = self._adamw_operands(recipe, held_out=True)
             if mode == "approximate":  # once per setting: curves are cached per setting
                 warnings.warn(
                     "optimizer='adamw' is predicted in the approximate mode (a frozen per-layer "
@@ -965,7 +965,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
             raise ValueError("metric='error' needs a classification target: cross-entropy, or MSE "
                              "with C >= 2 outputs (the label is argmax of the target).")
         setting = self._setting(overrides)
-        key = self._curve_key(metric, on, setting.recipe.resolved_solver)  # ._eval_set
+        key = self._curve_key(metric, on, setting)  # ._eval_set
         return setting, self._curves(setting, batches), key
 
     def _predicted(self, metric, quantiles, batches, overrides, on="train", steps=None):
