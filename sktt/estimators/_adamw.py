@@ -200,8 +200,11 @@ class AdamWMixin:
             idx_t = torch.as_tensor(idx, dtype=torch.int64)
             x = index_inputs(state["inputs"], idx_t)
             out = call_model(net, inputs_to(x, params[0].device))
-            grads = torch.autograd.grad(loss_fn(out, y[idx_t.to(y.device)]), params)
-            g = np.concatenate([gr.detach().cpu().double().reshape(-1).numpy() for gr in grads])
+            # a trainable parameter the forward never uses has no gradient: 0, as its rows
+            grads = torch.autograd.grad(loss_fn(out, y[idx_t.to(y.device)]), params,
+                                        allow_unused=True)
+            g = np.concatenate([(torch.zeros_like(p) if gr is None else gr.detach()).cpu()
+                                .double().reshape(-1).numpy() for p, gr in zip(params, grads)])
             v0 += g * g
         return v0 / len(batches)
 
