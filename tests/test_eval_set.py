@@ -281,3 +281,27 @@ def test_adamw_without_held_out_rows_refuses_on_eval(data):
     X, y, _, _ = data  # the training curves are still compared, without held-out ones
     res = compare_with_real(ttp, X, y, eps=0.05, adamw_mode="approximate")
     assert "eval_loss" not in res.predicted_curves or res.predicted_curves["eval_loss"] is None
+
+
+def test_token_inputs_padded_to_another_length_say_how_to_pad():
+    # a validation set tokenized apart is padded to its own longest sentence: the refusal
+    # said only "shaped like the training inputs", not that padding is the cause and cure
+    class Bag(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.emb = torch.nn.Embedding(10, 4, dtype=torch.float64)
+            self.head = torch.nn.Linear(4, 3, dtype=torch.float64)
+
+        def forward(self, ids):
+            return self.head(self.emb(ids).mean(1))
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 10, (8, 5), generator=g)
+    ids_val = torch.randint(0, 10, (4, 7), generator=g)  # its own, longer padding
+    y = torch.arange(8) % 3
+    hint = r"Token ids padded to different lengths .* padding='max_length', max_length=L\)"
+    with pytest.raises(ValueError, match=r"per-sample shape \(7,\) but X has \(5,\).*" + hint):
+        TrainingTimePredictor(Bag(), trust_check=False).fit(ids, y, eval_set=(ids_val, y[:4]))
+    with pytest.raises(ValueError, match=r"per-sample shape \(7,\) but X has \(5,\)\. " + hint):
+        run_real_training(Bag(), ids, y, lr=0.1, n_steps=1, eval_set=(ids_val, y[:4]))

@@ -41,7 +41,7 @@ from ..dynamics import check_targets
 from ..exceptions import MemoryBudgetError, NotFittedError
 from ..gradients import as_inputs, ntk_from_model
 from ..gradients._inputs import (ConcatInputs, ModelInputs, as_model_inputs, inputs_to,
-                                n_samples_of)
+                                length_hint, n_samples_of)
 from ..utils import format_bytes
 
 __all__ = ["EvalSetMixin", "check_eval_set", "concat_inputs", "joint_ntk", "joint_rows"]
@@ -86,7 +86,7 @@ def check_eval_set(eval_set, train_inputs, *, loss, n_outputs, float_dtype):
         if tuple(a.shape[1:]) != tuple(b.shape[1:]):
             raise ValueError(f"eval_set: X_val has per-sample shape {tuple(b.shape[1:])} but "
                              f"{name} has {tuple(a.shape[1:])}; accepted: held-out inputs shaped "
-                             "like the training inputs.")
+                             f"like the training inputs.{length_hint(a, b)}")
         if a.is_floating_point() != b.is_floating_point():
             raise TypeError(f"eval_set: X_val has dtype {b.dtype} but X has {a.dtype}; accepted: "
                             "held-out inputs of the training inputs' kind (float or integer).")

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..dynamics import TrainingRecipe
 from ..training import run_steps, scheduled_learning_rates
-from ..gradients._inputs import as_inputs, inputs_to
+from ..gradients._inputs import as_inputs, inputs_to, length_hint
 from ..gradients._outputs import call_model, check_output
 from ..utils import check_choice
 from ..utils._batches import _check_int, dataloader_batches
@@ -230,8 +230,10 @@ def run_real_training(
             expected = [tuple(t.shape[1:]) for _, t in X.tensors()]
             if shapes != expected:
                 shown = (lambda v: v[0] if len(v) == 1 else v)
+                hint = next((h for (_, a), (_, b) in zip(X.tensors(), held_out[0].tensors())
+                             if (h := length_hint(a, b))), "")
                 raise ValueError(f"eval_set: X_val has per-sample shape {shown(shapes)} but X "
-                                 f"has {shown(expected)}.")
+                                 f"has {shown(expected)}.{hint}")
 
         if batches is None:
             if n_steps is None:
