@@ -249,7 +249,8 @@ def test_train_mode_steps_leave_every_global_rng_alone():
                                 trust_check=False).fit(X, y)
     np.random.seed(1)  # noqa: NPY002
     random.seed(1)
-    before = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())  # noqa: NPY002
+    before = (torch.get_rng_state(), np.random.get_state()[1].copy(),  # noqa: NPY002
+              random.getstate())
     run_real_training(model, X, y, lr=0.1, n_steps=3, batch_size=4, train_mode=True)
     compare_with_real(ttp, X, y, eps=[0.01], train_mode=True)
     assert torch.equal(torch.get_rng_state(), before[0])
