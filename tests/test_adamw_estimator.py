@@ -3,6 +3,7 @@ parameters, the approximate mode, the refresh with the real Adam state, and bad 
 """
 
 import functools
+import warnings
 
 import numpy as np
 import pytest
@@ -148,3 +149,32 @@ def test_sgd_only_helpers_refuse_adamw():
     with pytest.raises(ValueError, match="optimizer='sgd' only"):
         recipe.effective_learning_rates()
     assert "adamw" in recipe.describe()
+
+
+class _WithUnusedHead(RandomFeatureHead):
+    """A second, trainable head the forward never calls (a multi-task checkpoint, a head
+    kept for later): torch gives it no gradient and its optimiser keeps no state for it."""
+
+    def __init__(self):
+        super().__init__()
+        self.spare = torch.nn.Linear(12, 3, dtype=torch.float64)
+
+
+def test_trainable_parameter_unused_by_the_forward(data):
+    # the approximate mode's squared gradients raised autograd's "appears to not have been
+    # used in the graph", then its empty layer's 0/0 rescaling made the curve NaN; the exact
+    # refresh read torch's missing Adam state ("KeyError: 'exp_avg'")
+    X, y = data
+    plain, spare = RandomFeatureHead(), _WithUnusedHead()
+    kw = dict(optimizer="adamw", lr=LR, weight_decay=0.01, batch_size=5, n_steps=T,
+              random_state=0, trust_check=False)
+    for mode in ("approximate", "exact"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LinearizationWarning)  # "approximate mode"
+            expected = TrainingTimePredictor(plain, adamw_mode=mode, **kw).fit(X, y)
+            got = TrainingTimePredictor(spare, adamw_mode=mode, **kw).fit(X, y)
+            assert_allclose(got.predict_curve(), expected.predict_curve(), rtol=1e-10)
+    ttp = TrainingTimePredictor(spare, adamw_mode="exact", **kw).fit(X, y)
+    real = run_real_training(spare, X, y, optimizer="adamw", lr=LR, weight_decay=0.01,
+                             batch_size=5, n_steps=T, seed=ttp.dataloader_seed(0))
+    assert_allclose(ttp.predict_curve(refresh_steps=3, n_paths=1), real.loss, rtol=1e-9)

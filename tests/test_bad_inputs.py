@@ -112,6 +112,10 @@ MODEL_ROWS = [
     ("output-not-2d", _ThreeD, ValueError, r"output has shape \(24, 3, 1\); accepted: a 2-D"),
     ("no-trainable", _frozen, ValueError, r"no parameter with requires_grad=True"),
     ("nan-output", _NaNOut, ValueError, r"outputs at the initial weights contain NaN or inf"),
+    # torch.func raised "The stateless API can't be used with Jitted modules"
+    ("torchscript", lambda: torch.jit.trace(RandomFeatureHead(), X[:2]), TypeError,
+     r"model is or holds a TorchScript module \('model': TopLevelTracedModule\).*accepted: "
+     r"the eager torch.nn.Module"),
 ]
 
 

@@ -257,3 +257,65 @@ def test_factored_held_out_curves_equal_the_dense_ones(data, loss, params):
     assert factored.predict_best_step().step == dense.predict_best_step().step
     curve = dense.predict_curve(on="eval")
     assert np.isfinite(curve).all() and curve.min() < curve[0]  # a real, trained curve
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+@pytest.mark.parametrize("batch_size", [None, 5])
+def test_adamw_eval_curves_equal_real_training(data, loss, batch_size):
+    # AdamW never passed the held-out rows to its simulation: on="eval", predict_best_step
+    # and compare_with_real of a predictor fitted with eval_set raised numpy's AxisError.
+    # The exact mode moves them with the simulated weights: real AdamW's curve, to round-off.
+    from sktt.validation import compare_with_real
+
+    params = dict(optimizer="adamw", lr=0.01, weight_decay=0.01, batch_size=batch_size)
+    ttp, real = _fit_and_train(data, loss, params)
+    assert_allclose(ttp.predict_curve(on="eval"), real.eval_loss, rtol=1e-9, atol=1e-12)
+    assert_allclose(ttp.predict_curve("error", on="eval"), real.eval_error, atol=1e-9)
+    assert_allclose(ttp.predict_curve(), real.loss, rtol=1e-9, atol=1e-12)
+    assert ttp.predict_best_step().step == int(np.argmin(real.eval_loss))
+    X, y, _, _ = data
+    res = compare_with_real(ttp, X, _targets(y, loss), eps=0.05)
+    assert_allclose(res.predicted_curves["eval_loss"], real.eval_loss, rtol=1e-9)
+
+
+def test_adamw_without_held_out_rows_refuses_on_eval(data):
+    ttp, _ = _fit_and_train(data, "cross_entropy", dict(optimizer="adamw", lr=0.01))
+    with pytest.raises(ValueError, match="held-out curves with optimizer='adamw' need "
+                                         "adamw_mode='exact'"):
+        ttp.predict_curve(on="eval", adamw_mode="approximate")
+    with pytest.raises(ValueError, match="refresh_steps .* with optimizer='adamw' resume the "
+                                         "training rows only"):
+        ttp.predict_best_step(refresh_steps=2)
+    rows = (20 + 40) * 3 * ttp.n_params_ * 8
+    with pytest.raises(ValueError, match=r"\(N \+ N_val\)·C·D = 180·.*more than max_memory"):
+        ttp.set_params(max_memory=rows - 8).predict_curve(on="eval")  # train rows fit
+    ttp.set_params(max_memory=None)
+    from sktt.validation import compare_with_real
+
+    X, y, _, _ = data  # the training curves are still compared, without held-out ones
+    res = compare_with_real(ttp, X, y, eps=0.05, adamw_mode="approximate")
+    assert "eval_loss" not in res.predicted_curves or res.predicted_curves["eval_loss"] is None
+
+
+def test_token_inputs_padded_to_another_length_say_how_to_pad():
+    # a validation set tokenized apart is padded to its own longest sentence: the refusal
+    # said only "shaped like the training inputs", not that padding is the cause and cure
+    class Bag(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.emb = torch.nn.Embedding(10, 4, dtype=torch.float64)
+            self.head = torch.nn.Linear(4, 3, dtype=torch.float64)
+
+        def forward(self, ids):
+            return self.head(self.emb(ids).mean(1))
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 10, (8, 5), generator=g)
+    ids_val = torch.randint(0, 10, (4, 7), generator=g)  # its own, longer padding
+    y = torch.arange(8) % 3
+    hint = r"Token ids padded to different lengths .* padding='max_length', max_length=L\)"
+    with pytest.raises(ValueError, match=r"per-sample shape \(7,\) but X has \(5,\).*" + hint):
+        TrainingTimePredictor(Bag(), trust_check=False).fit(ids, y, eval_set=(ids_val, y[:4]))
+    with pytest.raises(ValueError, match=r"per-sample shape \(7,\) but X has \(5,\)\. " + hint):
+        run_real_training(Bag(), ids, y, lr=0.1, n_steps=1, eval_set=(ids_val, y[:4]))

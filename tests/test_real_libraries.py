@@ -153,3 +153,32 @@ def test_bert_classifier_end_to_end_without_wrapper():
     np.testing.assert_allclose(refreshed[:3], real.loss[:3], rtol=1e-9)
     np.testing.assert_allclose(res.real_runs[0].loss[:3], real.loss[:3], rtol=1e-9)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_weight_decay_through_trainable_attention_matches_brute_force():
+    """weight_decay > 0 (SGD's, or AdamW's decoupled one) needs Φ0 = J·w0, a Jacobian-vector
+    product by double backward; torch's fused attention kernels have no derivative of their
+    backward, so a BERT with trainable attention raised a bare RuntimeError there. Φ0 must be
+    the brute-force J·w0, and both recipes must predict."""
+    from sktt import TrainingTimePredictor
+
+    model = _tiny_bert()
+    batch = _batch(n=6)
+    y = torch.arange(6) % 3
+    ttp = TrainingTimePredictor(model, lr=0.05, n_steps=5, random_state=0,
+                                trust_check=False).fit(batch, y)
+    sgd = ttp.predict_curve(weight_decay=0.1)
+    adamw = ttp.predict_curve(optimizer="adamw", lr=1e-3, weight_decay=0.01)
+    assert np.all(np.isfinite(sgd)) and np.all(np.isfinite(adamw))
+    named = dict(model.named_parameters())
+    names = ttp.trainable_parameter_names_
+    w0 = torch.cat([named[n].detach().reshape(-1) for n in names])
+    rows = []
+    for i in range(6):
+        kwargs = {k: v[i:i + 1] for k, v in batch.items()}
+        jac = jacrev(lambda p, kw=kwargs: functional_call(model, p, (), kw).logits[0])(
+            {n: named[n].detach() for n in names})
+        rows.append(torch.cat([jac[n].reshape(3, -1) for n in names], dim=1))
+    expected = (torch.cat(rows) @ w0).numpy()
+    np.testing.assert_allclose(ttp._weight_anchor().ravel(), expected, rtol=1e-9,
+                               atol=1e-9 * np.abs(expected).max())

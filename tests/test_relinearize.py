@@ -343,3 +343,21 @@ def test_a_cut_past_its_own_edge_is_refused(cnn_data, cnn_eval_data, monkeypatch
     assert info["cut_points"] == [] and info["refused_cuts"] == [(t, 1.5) for t in
                                                                  stage_boundaries(T, 3)]
     assert info["stage_stability_ratios"] == [1.5]
+
+
+def test_momentum_refresh_with_a_trainable_parameter_the_forward_never_uses():
+    # torch's SGD keeps no momentum buffer for a parameter without gradient: the refresh
+    # read it anyway ("KeyError: 'momentum_buffer'"); its share of the buffer is 0
+    class WithSpare(RandomFeatureHead):
+        def __init__(self):
+            super().__init__()
+            self.spare = torch.nn.Linear(12, 3, dtype=torch.float64)
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(20, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (20,), generator=g)
+    model = WithSpare()
+    ttp = TrainingTimePredictor(model, lr=0.1, momentum=0.9, weight_decay=0.01, n_steps=12,
+                                random_state=0, trust_check=False).fit(X, y)
+    real = run_real_training(model, X, y, lr=0.1, momentum=0.9, weight_decay=0.01, n_steps=12)
+    assert_allclose(ttp.predict_curve(refresh_steps=3), real.loss, rtol=1e-9)

@@ -116,3 +116,36 @@ def test_seconds_of_another_optimizer_are_refused(linear_problem):
     assert ttp.predict_time(0.01, unit="seconds") >= 0
     with pytest.raises(NotFittedError, match=r"measured with optimizer='adamw'"):
         ttp.predict_time(0.01, unit="seconds", optimizer="sgd")
+
+
+class _KeywordHead(nn.Module):
+    """A tokenizer-style model: keyword inputs ``input_ids`` and ``attention_mask``."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(10, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, input_ids, attention_mask):
+        mask = attention_mask.unsqueeze(-1).to(self.emb.weight.dtype)
+        return self.head((self.emb(input_ids) * mask).sum(1) / mask.sum(1))
+
+
+def test_measure_step_time_without_y_counts_samples_as_fit_does():
+    # len() of a dict is its number of keys and of a DataLoader its number of batches: with
+    # y=None both were taken for the number of samples ("X has 2 samples, not the 12 of fit")
+    g = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(0, 10, (12, 5), generator=g),
+             "attention_mask": torch.ones(12, 5, dtype=torch.long)}
+    y = torch.arange(12) % 3
+    ttp = TrainingTimePredictor(_KeywordHead(), lr=0.1, n_steps=5, random_state=0,
+                                trust_check=False).fit(batch, y)
+    ttp.measure_step_time(batch, batch_size=4, n_repeats=1, n_warmup=0)
+    assert set(ttp.seconds_per_step_) == {4}
+    pairs = [({k: v[i] for k, v in batch.items()}, y[i]) for i in range(12)]
+    loader = torch.utils.data.DataLoader(pairs, batch_size=5)
+    ttp.measure_step_time(loader, batch_size=6, n_repeats=1, n_warmup=0)
+    assert set(ttp.seconds_per_step_) == {4, 6}
+    with pytest.raises(ValueError, match="X has 5 samples, not the 12 of fit"):
+        ttp.measure_step_time({k: v[:5] for k, v in batch.items()}, batch_size=4)

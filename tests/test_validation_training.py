@@ -1,5 +1,7 @@
 """Tests for sktt.validation: DataLoader batches and real SGD training."""
 
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -196,3 +198,61 @@ def test_demo_loss_decreases():
     assert np.all(np.isfinite(res.loss))
     assert res.loss[-1] < res.loss[0]
     assert np.all((res.error >= 0) & (res.error <= 100))
+
+
+def test_scalar_regression_head_takes_1d_targets_as_fit_does():
+    """A one-output model (``num_labels=1``) with MSE: fit takes ``y`` of shape (N,) as
+    (N, 1); the real training and the step timing refused it ("needs float targets of shape
+    (N, 1)"), so compare_with_real's reference run could not be reproduced by hand."""
+    from sktt.validation import measure_step_time
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    X = torch.randn(16, 4, dtype=torch.float64)
+    y = torch.randn(16, dtype=torch.float64)
+    flat = run_real_training(model, X, y, loss="mse", lr=0.1, n_steps=5,
+                             eval_set=(X[:4], y[:4]))
+    column = run_real_training(model, X, y[:, None], loss="mse", lr=0.1, n_steps=5,
+                               eval_set=(X[:4], y[:4, None]))
+    assert_allclose(flat.loss, column.loss, rtol=1e-14)
+    assert_allclose(flat.eval_loss, column.eval_loss, rtol=1e-14)
+    assert measure_step_time(model, X, y, batch_size=4, loss="mse", n_repeats=1) > 0
+
+
+class _RandomInTrainMode(nn.Module):
+    """Draws from numpy and python ``random`` in train mode, as transformers' SpecAugment
+    (Wav2Vec2, Whisper) and LayerDrop do, and from torch's generator (dropout)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(4, 3).double()
+        self.drop = nn.Dropout(0.2)
+
+    def forward(self, x):
+        if self.training:
+            np.random.rand()  # noqa: NPY002 - the global state is the subject
+            random.random()
+        return self.lin(self.drop(x))
+
+
+def test_train_mode_steps_leave_every_global_rng_alone():
+    # only the torch CPU state was restored: a train-mode run advanced numpy's and python's
+    # global generators (and, on a GPU, the CUDA one) of the user's process
+    from sktt import TrainingTimePredictor
+    from sktt.validation import compare_with_real
+
+    model = _RandomInTrainMode()
+    X = torch.randn(12, 4, dtype=torch.float64)
+    y = torch.arange(12) % 3
+    ttp = TrainingTimePredictor(model, lr=0.1, n_steps=3, random_state=0,
+                                trust_check=False).fit(X, y)
+    np.random.seed(1)  # noqa: NPY002
+    random.seed(1)
+    before = (torch.get_rng_state(), np.random.get_state()[1].copy(),  # noqa: NPY002
+              random.getstate())
+    run_real_training(model, X, y, lr=0.1, n_steps=3, batch_size=4, train_mode=True)
+    compare_with_real(ttp, X, y, eps=[0.01], train_mode=True)
+    assert torch.equal(torch.get_rng_state(), before[0])
+    assert np.array_equal(np.random.get_state()[1], before[1])  # noqa: NPY002
+    assert random.getstate() == before[2]

@@ -280,7 +280,9 @@ def simulate_adamw_kernel(precond_kernels, F0, targets, *, loss, lrs, n_steps=No
                         if rescale == "group":
                             q[p] = gb @ rescale_kernels[g][np.ix_(r, r)] @ gb
                 A[g] += (1.0 - beta1) * (upd - A[g])
-                if rescale == "group":
+                # a group with no gradient at w0 (ref 0: a parameter the forward never
+                # uses) has a zero kernel and A_g = 0; its ratio 0/0 would make F NaN
+                if rescale == "group" and rescale_refs[g] > 0:
                     ema[g] = beta2 * ema[g] + (1.0 - beta2) * q
                     rho = ema[g] / (1.0 - beta2**step) / rescale_refs[g]
                     scale[g] = 1.0 / np.sqrt(rho)

@@ -71,9 +71,10 @@ def snapshot_model(est):
     return net
 
 
-def exact_rows(est, net, names):
-    """Exact Jacobian rows (N·C, Σd) of ``names`` on the fit inputs, float64."""
-    rows = jacobian_rows(net, est._trust_state["inputs"], names, projector=None,
+def exact_rows(est, net, names, inputs=None):
+    """Exact Jacobian rows (N·C, Σd) of ``names`` on the fit inputs (or ``inputs``), float64."""
+    inputs = est._trust_state["inputs"] if inputs is None else inputs
+    rows = jacobian_rows(net, inputs, names, projector=None,
                          chunk_size=est.chunk_size or 64, n_jobs=est.n_jobs,
                          jacobian_method=getattr(est, "jacobian_method", "auto"))
     return np.asarray(rows, dtype=np.float64)
@@ -112,19 +113,56 @@ class AdamWMixin:
                              "gradients; a predictor fitted with model='precomputed' has no "
                              "model. Fit with the torch model instead.")
 
-    def _adamw_operands(self, recipe):
-        """``(kernel, problem, mode)`` of an AdamW simulation of ``recipe``."""
+    def _adamw_operands(self, recipe, held_out=False):
+        """``(kernel, problem, mode)`` of an AdamW simulation of ``recipe``; ``held_out=True``
+        adds the eval-set rows where :meth:`_adamw_held_out_refusal` allows."""
         self._adamw_check_model()
         mode = self._adamw_resolved_mode(recipe)
-        problem = self._problem(recipe)
+        held_out = (held_out and self._has_eval_set()
+                    and self._adamw_held_out_refusal(recipe) is None)
+        problem = self._problem(recipe, held_out=held_out)
         if mode == "exact":
             rows, w0 = self._adamw_exact()
-            problem = dataclasses.replace(problem, rows=rows, w0=w0)
+            problem = dataclasses.replace(problem, rows=rows, w0=w0,
+                                          eval_rows=self._adamw_eval_rows() if held_out else None)
             kernel = self._kernel
         else:
             kernel = self._adamw_preconditioned(recipe)
         self.adamw_mode_ = mode
         return kernel, problem, mode
+
+    def _adamw_held_out_refusal(self, recipe, refresh=False):
+        """Why AdamW under ``recipe`` predicts no held-out curves (a message), or None.
+
+        Held-out rows move as :math:`F_0 + J_{val}(w - w_0)`: the exact mode's weights
+        give them for the price of their exact rows; the approximate mode has no weights.
+        """
+        if self._adamw_resolved_mode(recipe) != "exact":
+            return ("held-out curves with optimizer='adamw' need adamw_mode='exact' (held-out "
+                    "rows follow the simulated weights); the approximate mode predicts the "
+                    "training rows only. Raise max_memory so the exact Jacobian rows fit, or "
+                    "predict on='train'.")
+        if refresh:
+            return ("refresh_steps / refresh_seconds with optimizer='adamw' resume the training "
+                    "rows only; predict held-out curves without the refresh.")
+        n_rows = (self.n_samples_ + self.n_eval_samples_) * self.n_outputs_
+        need, budget = n_rows * self.n_params_ * 8, self._adamw_budget()
+        if need > budget:
+            return (f"held-out curves with optimizer='adamw' keep the exact Jacobian rows of the "
+                    f"training and held-out samples, (N + N_val)·C·D = {n_rows}·"
+                    f"{self.n_params_} float64 = {format_bytes(need)}, more than "
+                    f"max_memory={format_bytes(budget)}. Raise max_memory, use a smaller "
+                    "eval_set, or predict on='train'.")
+        return None
+
+    def _adamw_eval_rows(self):
+        """Exact Jacobian rows of the eval-set samples at the fit snapshot (cached)."""
+        key = ("adamw", "exact", "eval")
+        if key not in self._cache:
+            net = snapshot_model(self)
+            self._cache[key] = exact_rows(self, net, self._trust_state["names"],
+                                          inputs=self._eval_inputs)
+        return self._cache[key]
 
     def _adamw_exact(self):
         """(J, w0): exact Jacobian rows at the fit snapshot (cached), or a budget error."""
@@ -162,8 +200,11 @@ class AdamWMixin:
             idx_t = torch.as_tensor(idx, dtype=torch.int64)
             x = index_inputs(state["inputs"], idx_t)
             out = call_model(net, inputs_to(x, params[0].device))
-            grads = torch.autograd.grad(loss_fn(out, y[idx_t.to(y.device)]), params)
-            g = np.concatenate([gr.detach().cpu().double().reshape(-1).numpy() for gr in grads])
+            # a trainable parameter the forward never uses has no gradient: 0, as its rows
+            grads = torch.autograd.grad(loss_fn(out, y[idx_t.to(y.device)]), params,
+                                        allow_unused=True)
+            g = np.concatenate([(torch.zeros_like(p) if gr is None else gr.detach()).cpu()
+                                .double().reshape(-1).numpy() for p, gr in zip(params, grads)])
             v0 += g * g
         return v0 / len(batches)
 

@@ -40,7 +40,7 @@ from ..dynamics import check_targets
 from ..exceptions import MemoryBudgetError, NotFittedError
 from ..gradients import as_inputs, ntk_from_model
 from ..gradients._inputs import (ConcatInputs, ModelInputs, as_model_inputs, inputs_to,
-                                n_samples_of)
+                                length_hint, n_samples_of)
 from ..utils import format_bytes
 
 __all__ = ["EvalSetMixin", "check_eval_set", "concat_inputs", "joint_ntk", "joint_rows"]
@@ -85,7 +85,7 @@ def check_eval_set(eval_set, train_inputs, *, loss, n_outputs, float_dtype):
         if tuple(a.shape[1:]) != tuple(b.shape[1:]):
             raise ValueError(f"eval_set: X_val has per-sample shape {tuple(b.shape[1:])} but "
                              f"{name} has {tuple(a.shape[1:])}; accepted: held-out inputs shaped "
-                             "like the training inputs.")
+                             f"like the training inputs.{length_hint(a, b)}")
         if a.is_floating_point() != b.is_floating_point():
             raise TypeError(f"eval_set: X_val has dtype {b.dtype} but X has {a.dtype}; accepted: "
                             "held-out inputs of the training inputs' kind (float or integer).")
@@ -193,8 +193,9 @@ class EvalSetMixin:
     def _has_eval_set(self):
         return getattr(self, "eval_f0_", None) is not None
 
-    def _curve_key(self, metric, on, solver):
-        """Key of the simulated curves of ``metric`` on the ``on`` rows (validated)."""
+    def _curve_key(self, metric, on, setting):
+        """Key of the simulated curves of ``metric`` on the ``on`` rows (validated against
+        what ``setting`` can predict)."""
         if on not in ON:
             raise ValueError(f"on={on!r}; accepted: 'train' (the training set) or 'eval' (the "
                              "eval_set given to fit).")
@@ -203,11 +204,20 @@ class EvalSetMixin:
         if not self._has_eval_set():
             raise NotFittedError("on='eval' needs held-out data: fit with "
                                  "eval_set=(X_val, y_val).")
-        if solver == "sde":
-            raise ValueError("solver='sde' cannot predict held-out curves: its noise factor "
-                             "covers the training rows' gradient noise only, not its share on "
-                             "the held-out rows; use solver='discrete' (exact) or 'ode'.")
+        refusal = self._held_out_refusal(setting)
+        if refusal is not None:
+            raise ValueError(refusal)
         return "eval_" + metric
+
+    def _held_out_refusal(self, setting):
+        """Why ``setting`` predicts no held-out curves (a message), or None."""
+        if setting.recipe.resolved_solver == "sde":
+            return ("solver='sde' cannot predict held-out curves: its noise factor covers the "
+                    "training rows' gradient noise only, not its share on the held-out rows; "
+                    "use solver='discrete' (exact) or 'ode'.")
+        if setting.recipe.is_adamw:  # ._adamw: only the exact mode moves held-out rows
+            return self._adamw_held_out_refusal(setting.recipe, setting.refresh_active)
+        return None
 
     def predict_best_step(self, metric="loss", **overrides):
         """Predicted early-stopping point: the step of the lowest mean held-out loss or error.

@@ -699,12 +699,12 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
 
         Parameters
         ----------
-        X : Tensor, ndarray, tuple of those, or torch.utils.data.Dataset
-            Training inputs (a slice of at least ``batch_size`` rows is enough;
-            fewer rows are repeated).
+        X : Tensor, ndarray, tuple / dict of those, Dataset or DataLoader
+            Training inputs, any container ``fit`` takes (a slice of at least
+            ``batch_size`` rows is enough; fewer rows are repeated).
         y : array-like or None, default=None
             Their targets; None reuses ``targets_`` when ``X`` has the fitted
-            number of samples (or the Dataset's targets).
+            number of samples (or the Dataset's / DataLoader's targets).
         batch_size : int, sequence of int or None, default=None
             Batch size(s) to time; None means the estimator's ``batch_size``
             (``n_samples_`` for full batch).
@@ -738,11 +738,14 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         else:
             sizes = list(batch_size)
         sizes = [check_int("batch_size", b, low=1, high=self.n_samples_) for b in sizes]
-        if y is None and not isinstance(X, torch.utils.data.Dataset):
-            n = len(X[0]) if isinstance(X, (tuple, list)) else len(X)
-            if n != self.n_samples_:
-                raise ValueError(f"y is None but X has {n} samples, not the {self.n_samples_} of "
-                                 "fit; pass the targets of X.")
+        if y is None and not isinstance(X, (torch.utils.data.Dataset,
+                                            torch.utils.data.DataLoader)):
+            # samples as fit counts them: len() of a dict / BatchEncoding is its number of
+            # keys, of a DataLoader its number of batches
+            X, _ = as_inputs(X, None, float_dtype=model_device_dtype(self.model)[1])
+            if len(X) != self.n_samples_:
+                raise ValueError(f"y is None but X has {len(X)} samples, not the "
+                                 f"{self.n_samples_} of fit; pass the targets of X.")
             y = np.asarray(self.targets_)
         timed = self.__dict__.setdefault("_step_time_optimizer", {})
         for b in sizes:
@@ -824,7 +827,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         if batches is None and solver == "discrete" and not recipe.full_batch:
             batches = self._batch_sequence(recipe, recipe.n_paths)
         if recipe.is_adamw:  # parameter space or preconditioned kernels (._adamw)
-            kernel, problem, mode = self._adamw_operands(recipe)
+            kernel, problem, mode = self._adamw_operands(recipe, held_out=True)
             if mode == "approximate":  # once per setting: curves are cached per setting
                 warnings.warn(
                     "optimizer='adamw' is predicted in the approximate mode (a frozen per-layer "
@@ -999,7 +1002,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
             raise ValueError("metric='error' needs a classification target: cross-entropy, or MSE "
                              "with C >= 2 outputs (the label is argmax of the target).")
         setting = self._setting(overrides)
-        key = self._curve_key(metric, on, setting.recipe.resolved_solver)  # ._eval_set
+        key = self._curve_key(metric, on, setting)  # ._eval_set
         return setting, self._curves(setting, batches), key
 
     def _predicted(self, metric, quantiles, batches, overrides, on="train", steps=None):

@@ -198,7 +198,8 @@ def refreshed_curves(est, setting):
         named = dict(net_eval.named_parameters(remove_duplicate=False))
         A_k = jw_k = None
         if recipe.momentum > 0:
-            A_k = lin.apply({n: opt.state[named[n]]["momentum_buffer"] for n in state["names"]})
+            A_k = lin.apply({n: _optimizer_state(opt, named[n], "momentum_buffer")
+                             for n in state["names"]})
         if recipe.weight_decay > 0:
             jw_k = lin.apply({n: named[n].detach() for n in state["names"]}).reshape(F_k.shape)
     info["seconds_relinearise"] = time.perf_counter() - t1
@@ -213,6 +214,14 @@ def refreshed_curves(est, setting):
     return _joined(sim, measured, k, rest, info, t0)
 
 
+def _optimizer_state(opt, param, key):
+    """torch's ``opt.state[param][key]``, zeros where the optimiser has none: a trainable
+    parameter the forward never uses gets no gradient, so torch skips it and keeps no state
+    (its Jacobian columns are 0, and so is its share of the resumed dynamics)."""
+    value = opt.state[param].get(key)
+    return torch.zeros_like(param) if value is None else value.detach()
+
+
 def _adamw_resumed(est, net, opt, F_k, problem, rest_recipe, rest_batches, info):
     """The exact AdamW simulation of the remaining steps from w_k and torch's state there."""
     names = est._trust_state["names"]
@@ -220,11 +229,10 @@ def _adamw_resumed(est, net, opt, F_k, problem, rest_recipe, rest_batches, info)
         rows_k = exact_rows(est, net_eval, names)
         w_k = flat_weights(net_eval, names)
         named = dict(net_eval.named_parameters(remove_duplicate=False))
-        states = [opt.state[named[n]] for n in names]
-        state = {key: np.concatenate([st[key].detach().cpu().double().reshape(-1).numpy()
-                                      for st in states])
+        state = {key: np.concatenate([_optimizer_state(opt, named[n], key).cpu().double()
+                                      .reshape(-1).numpy() for n in names])
                  for key in ("exp_avg", "exp_avg_sq")}
-        state["step"] = int(float(states[0]["step"]))
+        state["step"] = max(int(float(opt.state[named[n]].get("step", 0))) for n in names)
     info["kernel_trace_ratio"] = float(np.sum(rows_k * rows_k) / np.trace(est.ntk_))
     resumed = dataclasses.replace(problem.with_outputs(F_k), rows=rows_k, w0=w_k,
                                   adamw_state=state)

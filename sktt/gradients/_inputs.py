@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 __all__ = ["ACCEPTED_X", "ConcatInputs", "LazyInputs", "ModelInputs", "as_inputs",
-           "as_model_inputs", "index_inputs", "inputs_to", "n_samples_of"]
+           "as_model_inputs", "index_inputs", "inputs_to", "length_hint", "n_samples_of"]
 
 ACCEPTED_X = ("a torch.Tensor or numpy array (samples on axis 0); a tuple/list of those "
               "(positional inputs of the model); a dict or transformers BatchEncoding of "
@@ -281,6 +281,17 @@ class ConcatInputs(LazyInputs):
         if np.array_equal(order, np.arange(len(order))):
             return out
         return out[torch.as_tensor(np.argsort(order))]
+
+
+def length_hint(a, b):
+    """A sentence for messages when two integer (token) inputs differ only in their
+    sequence length, the usual cause being padding; empty otherwise."""
+    if a.is_floating_point() or b.is_floating_point() or a.ndim != b.ndim or a.ndim < 2 or (
+            tuple(a.shape[2:]) != tuple(b.shape[2:])):
+        return ""
+    return (" Token ids padded to different lengths (X and X_val tokenized apart, or a "
+            "collate_fn padding each batch to its longest) are refused as held-out data: "
+            "pad both to one length, e.g. tokenizer(..., padding='max_length', max_length=L).")
 
 
 def _to_tensor(name, value, float_dtype):

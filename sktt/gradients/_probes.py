@@ -8,7 +8,9 @@ ones, without the cost of per-sample Jacobians:
   data set for a whole ``(N, C)`` cotangent; several cotangents share the forward
   pass (``retain_graph``).
 * :math:`J u` (a Jacobian-vector product) uses the double-backward trick
-  :math:`J u = \partial_z \langle J^\top z, u\rangle` (autograd only).
+  :math:`J u = \partial_z \langle J^\top z, u\rangle` (autograd only; attention
+  through ``scaled_dot_product_attention``'s math backend, the one that is twice
+  differentiable).
 
 Hutchinson: :math:`\operatorname{tr}\Theta = E\lVert J^\top v\rVert^2` for
 Rademacher :math:`v`; the diagnostic uses the *same* probes at both weights so
@@ -27,6 +29,7 @@ import torch
 from torch.func import functional_call
 
 from ._inputs import as_model_inputs
+from ._jacobian import math_attention
 from ._outputs import select_logits
 
 __all__ = ["JacobianOperator"]
@@ -192,7 +195,10 @@ class JacobianOperator:
 
     def _double_backward_jvp(self, x, u):
         leaves = {n: p.clone().requires_grad_(True) for n, p in self.params.items()}
-        with torch.enable_grad():
+        # the fused attention kernels (flash, memory-efficient) have no derivative of their
+        # backward (nor a forward-mode rule): every transformers model with trainable
+        # attention failed here; the math backend is plain matmul/softmax, the same numbers
+        with torch.enable_grad(), math_attention():
             f = self._forward(leaves, x)
             z = torch.zeros_like(f, requires_grad=True)
             grads = torch.autograd.grad((f * z).sum(), list(leaves.values()),

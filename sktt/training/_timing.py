@@ -43,6 +43,8 @@ def _targets_tensor(y, loss, dtype, device, n_outputs):
             raise ValueError(f"y contains labels in [{lo}, {hi}] but the model has {n_outputs} "
                              f"outputs; accepted: labels in [0, {n_outputs - 1}].")
         return y
+    if y.ndim == 1 and n_outputs == 1:  # a scalar regression head: (N,) is (N, 1), as in fit
+        y = y[:, None]
     if y.ndim != 2 or y.shape[1] != n_outputs:
         raise ValueError(f"loss='mse' needs targets of shape (N, {n_outputs}) matching the "
                          f"model's {n_outputs} outputs; got shape {tuple(y.shape)}.")

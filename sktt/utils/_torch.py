@@ -25,7 +25,19 @@ def trainable_parameters(model):
 
 
 def require_trainable(model):
-    """:func:`trainable_parameters`, raising if there is none (nothing would be trained)."""
+    """:func:`trainable_parameters`, raising if there is none (nothing would be trained) or
+    if the model is TorchScript (whose parameters nothing here can differentiate or step)."""
+    scripted = [(n or "model", type(m).__name__) for n, m in model.named_modules()
+                if isinstance(m, torch.jit.ScriptModule)]
+    if scripted:
+        # torch.func raised "The stateless API can't be used with Jitted modules", a traced
+        # module's optimiser "can't optimize a non-leaf Tensor"
+        raise TypeError(f"model is or holds a TorchScript module ({scripted[0][0]!r}: "
+                        f"{scripted[0][1]}); torch.func cannot differentiate its parameters nor "
+                        "an optimiser step them; accepted: the eager torch.nn.Module (before "
+                        "torch.jit.script / trace), or the archive saved with torch.jit.save "
+                        "given to the command line (python -m sktt predict model.pt ...), which "
+                        "wraps it.")
     names, params = trainable_parameters(model)
     if not names:
         raise ValueError("model has no parameter with requires_grad=True; accepted: a model "

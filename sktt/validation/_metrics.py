@@ -552,7 +552,9 @@ def compare_with_real(predictor, X, y=None, *, eps=(0.01, 0.03), metric="loss", 
     if same_batches:
         predict_kw["batches"] = runs[0].batches
     curves, bands = {}, {}
-    eval_curves = held_out is not None and recipe.resolved_solver != "sde"  # sde: train only
+    # sde, AdamW's approximate mode: training curves only
+    eval_curves = held_out is not None and predictor._held_out_refusal(
+        predictor._setting(overrides)) is None
     for m in _METRICS + (tuple("eval_" + m for m in _METRICS) if eval_curves else ()):
         if m.endswith("error") and not predictor._has_error_metric():
             curves[m] = bands[m] = None

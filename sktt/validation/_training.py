@@ -23,11 +23,11 @@ from torch import nn
 
 from ..dynamics import TrainingRecipe
 from ..training import run_steps, scheduled_learning_rates
-from ..gradients._inputs import as_inputs, inputs_to
+from ..gradients._inputs import as_inputs, inputs_to, length_hint
 from ..gradients._outputs import call_model, check_output
 from ..utils import check_choice
 from ..utils._batches import _check_int, dataloader_batches
-from ..utils._torch import require_trainable
+from ..utils._torch import model_untouched, require_trainable
 
 __all__ = ["RealTrainingResult", "dataloader_batches", "run_real_training"]
 
@@ -119,15 +119,16 @@ def run_real_training(
     ----------
     model : torch.nn.Module
         The model; left untouched (weights, gradients, ``requires_grad``
-        flags, train/eval modes and the global torch RNG state are as
-        before). Only its parameters with ``requires_grad=True`` are trained.
+        flags, train/eval modes and the global torch, numpy and python
+        ``random`` RNG states are as before). Only its parameters with
+        ``requires_grad=True`` are trained.
     X : Tensor, ndarray, tuple/list of tensors, dict / BatchEncoding, Dataset or DataLoader
         Inputs, first axis samples (any container
         :class:`~sktt.TrainingTimePredictor` takes). Float arrays are converted
         to the model's parameter dtype.
     y : torch.Tensor or numpy.ndarray
         Int labels of shape ``(N,)`` for ``loss="cross_entropy"``; float
-        targets of shape ``(N, C)`` for ``loss="mse"``.
+        targets of shape ``(N, C)`` for ``loss="mse"`` (``(N,)`` when C = 1).
     loss : {"cross_entropy", "mse"}, default="cross_entropy"
         ``nn.functional.cross_entropy`` or ``nn.functional.mse_loss`` with
         torch's default mean reduction.
@@ -208,8 +209,10 @@ def run_real_training(
                          weight_decay=weight_decay)
     TrainingRecipe.from_params(recipe_params)  # fail early, before copying the model
 
-    rng_state = torch.get_rng_state()
-    try:
+    # the steps run on a copy, but a train-mode forward draws from the global RNGs (dropout
+    # on the CPU or CUDA generator, numpy / python ``random`` in e.g. SpecAugment or
+    # LayerDrop): restore all of them, as every other pass on the user's model does
+    with model_untouched(model):
         net = copy.deepcopy(model)
         dtype, device = _param_dtype_device(net)
         net.eval()
@@ -227,8 +230,10 @@ def run_real_training(
             expected = [tuple(t.shape[1:]) for _, t in X.tensors()]
             if shapes != expected:
                 shown = (lambda v: v[0] if len(v) == 1 else v)
+                hint = next((h for (_, a), (_, b) in zip(X.tensors(), held_out[0].tensors())
+                             if (h := length_hint(a, b))), "")
                 raise ValueError(f"eval_set: X_val has per-sample shape {shown(shapes)} but X "
-                                 f"has {shown(expected)}.")
+                                 f"has {shown(expected)}.{hint}")
 
         if batches is None:
             if n_steps is None:
@@ -282,8 +287,6 @@ def run_real_training(
         _, seconds = run_steps(net, params, X, targets, recipe, batches, loss=loss,
                                lr_scheduler=lr_scheduler if callable(lr_scheduler) else None,
                                train_mode=train_mode, after_step=record)
-    finally:
-        torch.set_rng_state(rng_state)
 
     return RealTrainingResult(
         loss=losses,
@@ -319,6 +322,8 @@ def _checked_data(net, X, y, loss, dtype, device, output, prefix=""):
             raise ValueError(f"{prefix}y contains labels in [{lo}, {hi}] but the model has "
                              f"{n_out} outputs; accepted: labels in [0, {n_out - 1}].")
         return X, y.long(), y.long()
+    if y.ndim == 1 and n_out == 1:  # a scalar regression head: (N,) is (N, 1), as in fit
+        y = y[:, None]
     if y.ndim != 2 or y.shape[1] != n_out:
         raise ValueError(f"{prefix}loss='mse' needs float targets of shape (N, {n_out}) matching "
                          f"the model's {n_out} outputs, got shape {tuple(y.shape)}; one-hot "
