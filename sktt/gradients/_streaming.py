@@ -18,7 +18,8 @@ each pass see different inputs, and the linearisation is then of no fixed data
 set.
 
 What a ``DataLoader`` contributes is its dataset and its ``collate_fn`` (e.g.
-a tokenizer's padding): its ``batch_size``, ``shuffle``, ``drop_last`` and
+a tokenizer's padding; with ``batch_size=None`` it converts each item, as the
+loader does, and the items are then batched with ``default_collate``): its ``batch_size``, ``shuffle``, ``drop_last`` and
 ``num_workers`` do not define anything here. The training batches are the
 estimator's (``batch_size``, seeded from ``random_state``); the extraction
 chunks are ``chunk_size`` / the memory budget's; samples are read in the
@@ -33,7 +34,7 @@ the accepted types rather than silently held in memory.
 import numpy as np
 import torch
 from torch.utils.data import (BatchSampler, DataLoader, IterableDataset, RandomSampler,
-                              SequentialSampler, TensorDataset, default_collate)
+                              SequentialSampler, TensorDataset, default_collate, default_convert)
 
 from ._inputs import LazyInputs, _check_inputs, _structure, _to_tensor
 
@@ -140,6 +141,18 @@ class DatasetInputs(LazyInputs):
         return torch.cat(ys)
 
 
+class _ConvertThenCollate:
+    """The collate_fn of a loader without automatic batching (``batch_size=None``): its
+    ``collate_fn`` converts each item (what the loader yields), then the items are batched
+    with ``default_collate``. A class, not a closure, so a fitted predictor pickles."""
+
+    def __init__(self, convert):
+        self.convert = convert
+
+    def __call__(self, items):
+        return default_collate([self.convert(item) for item in items])
+
+
 def _loader_parts(loader):
     """``(dataset, collate_fn)`` of a DataLoader whose sampler visits every sample."""
     dataset = loader.dataset
@@ -158,8 +171,13 @@ def _loader_parts(loader):
                          "(batch_size, random_state); accepted: the default sampler (shuffle="
                          "True or False). For part of a dataset pass "
                          "torch.utils.data.Subset(dataset, indices).")
-    # without automatic batching the loader's collate_fn converts single items
-    return dataset, default_collate if batches is None else loader.collate_fn
+    if batches is not None:
+        return dataset, loader.collate_fn
+    # without automatic batching the loader's collate_fn converts single items: apply it to
+    # each (the items the loader yields), then batch them
+    if loader.collate_fn is default_convert:
+        return dataset, default_collate
+    return dataset, _ConvertThenCollate(loader.collate_fn)
 
 
 def stream_inputs(X, float_dtype, verbose=0):
