@@ -504,3 +504,39 @@ def test_rows_beyond_the_budget_go_to_a_memmap(demo):
     disk.set_params(max_memory=None)  # the prediction's paths need more than that tiny budget
     # the smaller budget changes the chunking, so rows can differ in their float32 rounding
     assert_allclose(disk.predict_curve(), ram.predict_curve(), rtol=1e-6)
+
+
+def _mlp_problem(n=400, c=4, d=8, seed=0):
+    import torch
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(d, 16), torch.nn.ReLU(), torch.nn.Linear(16, c))
+    rng = np.random.default_rng(seed)
+    return model, rng.standard_normal((n, d)).astype(np.float32), rng.integers(0, c, n)
+
+
+def test_a_dense_fit_stays_within_max_memory():
+    import tracemalloc
+
+    model, X, y = _mlp_problem()
+    n_rows, dim = 400 * 4, 64
+    theta, rows32, rows64 = n_rows**2 * 8, n_rows * dim * 4, n_rows * dim * 8
+    common = dict(projection="countsketch", projection_dim=dim, ntk="dense", n_steps=5,
+                  trust_check=False, random_state=0)
+    # Θ, the float32 rows, the float64 copy Θ is formed from, and room for the chunks and
+    # the kernel check's blocks (a few MiB): numpy's peak (what tracemalloc sees) stays
+    # below the budget -- the kernel's check and symmetrisation make no copy of Θ
+    budget = theta + rows32 + rows64 + 16 * 1024**2
+    tracemalloc.start()
+    try:
+        fitted = TrainingTimePredictor(model, max_memory=budget, **common).fit(X, y)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert fitted.ntk_mode_ == "dense"
+    assert peak <= budget, (peak, budget)
+    # Θ and the float32 rows fit, but not the float64 copy next to them
+    with pytest.raises(MemoryBudgetError, match=r"projected Jacobian .*float64 copy of the rows"
+                                                r".*projection_dim.*ntk='factored'"):
+        TrainingTimePredictor(model, max_memory=theta + rows32 + rows64 // 2,
+                              **common).fit(X, y)

@@ -508,7 +508,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
     def _make_kernel(ntk, rows, n_outputs):
         """The kernel operator of a fit: Θ (validated) or the rows (finite)."""
         if ntk is not None:
-            return DenseKernel(check_ntk(ntk), n_outputs)
+            return DenseKernel(check_ntk(ntk, copy=False), n_outputs)  # fit's own Θ
         block = max(1, 2**24 // (4 * rows.shape[1]))  # a memmap is read in 64 MiB blocks
         if not all(np.isfinite(rows[s:s + block]).all() for s in range(0, rows.shape[0], block)):
             raise ValueError("the projected Jacobian rows contain NaN or inf; the model's "

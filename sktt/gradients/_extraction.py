@@ -488,11 +488,15 @@ def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projecti
         on_disk = not form_ntk and rows_bytes > budget // 2
         if on_disk:  # the rows live in a memmap; memory holds the chunks in flight
             rows_bytes = 0
-        if rows_bytes > budget:
+        # Θ is formed from a float64 copy of the rows, next to Θ and the float32 rows
+        copy_bytes = n_rows * projection_dim * 8 if form_ntk else 0
+        if rows_bytes + copy_bytes > budget:
             raise MemoryBudgetError(
                 f"the projected Jacobian is {n_rows}×{projection_dim} float32 = "
                 f"{format_bytes(rows_bytes)}"
-                + (f"; with Θ ({format_bytes(ntk_bytes)}) it" if ntk_bytes else ", which")
+                + (f"; with Θ ({format_bytes(ntk_bytes)}) and the float64 copy of the rows "
+                   f"Θ is formed from ({format_bytes(copy_bytes)}) it" if ntk_bytes else
+                   ", which")
                 + f" exceeds max_memory={format_bytes(max_memory)}. Options: lower "
                 "projection_dim, raise max_memory"
                 + (", use ntk='factored' (Θ never formed)" if ntk_bytes else "")

@@ -395,7 +395,7 @@ class FactoredKernel:
         for s, e in self.row_blocks(width=self.n_train_rows):
             out[s:e] = np.asarray(self.rows[s:e], dtype=np.float64) @ np.asarray(
                 self.rows, dtype=np.float64).T
-        return check_ntk(out)
+        return check_ntk(out, copy=False)
 
     def cross_kernel(self):
         """Θ(train, eval) = J̃ J̃_evalᵀ formed, or None."""
