@@ -540,3 +540,17 @@ def test_a_dense_fit_stays_within_max_memory():
                                                 r".*projection_dim.*ntk='factored'"):
         TrainingTimePredictor(model, max_memory=theta + rows32 + rows64 // 2,
                               **common).fit(X, y)
+
+
+def test_a_prediction_counts_its_minibatch_orders():
+    model, X, y = _mlp_problem(n=100)
+    fitted = TrainingTimePredictor(model, projection="countsketch", projection_dim=32,
+                                   ntk="dense", n_steps=5, trust_check=False,
+                                   random_state=0).fit(X, y)
+    # 200 paths × 2 000 steps of 16 indices: ~150 MiB of batch index arrays, next to a
+    # few MiB of curves and solver state
+    fitted.set_params(max_memory="64MiB")
+    with pytest.raises(MemoryBudgetError, match=r"200 paths × 2000 steps.*minibatch orders "
+                                                r"1\d\d\.\d MiB.*n_paths"):
+        fitted.predict_curve(n_steps=2000, batch_size=16, n_paths=200)
+

@@ -785,9 +785,10 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
     def _simulate(self, recipe, batches=None):
         """The one ``simulate`` call of a plain (open-loop) prediction."""
         solver = recipe.resolved_solver
-        if batches is None and solver == "discrete" and not recipe.full_batch:
-            batches = self._batch_sequence(recipe, recipe.n_paths)
+        draw = batches is None and solver == "discrete" and not recipe.full_batch
         if recipe.is_adamw:  # parameter space or preconditioned kernels (._adamw)
+            if draw:
+                batches = self._batch_sequence(recipe, recipe.n_paths)
             kernel, problem, mode = self._adamw_operands(recipe)
             if mode == "approximate":  # once per setting: curves are cached per setting
                 warnings.warn(
@@ -807,10 +808,13 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
                 noise = noise_factor(self, recipe.sde_noise)
         held_out = self._has_eval_set() and solver != "sde"  # see ._eval_set: sde refuses
         kernel = self._eval_kernel if held_out else self._kernel
-        n_paths = 1 if batches is None else batches[0].shape[0]
-        check_predict_memory(self._kernel, recipe, max(n_paths, len(seeds or ())),
-                             self.n_samples_ * self.n_outputs_,
-                             parse_memory("max_memory", self.max_memory))
+        n_paths = recipe.n_paths if draw else 1 if batches is None else batches[0].shape[0]
+        budget = parse_memory("max_memory", self.max_memory)
+        n_rows = (self.n_samples_ + (self.n_eval_samples_ if held_out else 0)) * self.n_outputs_
+        # checked before the batch orders are drawn: they are part of the prediction's memory
+        check_predict_memory(kernel, recipe, max(n_paths, len(seeds or ())), n_rows, budget)
+        if draw:
+            batches = self._batch_sequence(recipe, recipe.n_paths)
         return simulate(kernel, self._problem(recipe, held_out=held_out), recipe,
                         batches=batches, noise_factor=noise, seeds=seeds)
 

@@ -43,6 +43,7 @@ __all__ = ["NTK_MODES", "resolve_ntk_mode", "kernel_bytes", "check_predict_memor
 
 NTK_MODES = ("auto", "dense", "factored")
 _DENSE_COPIES = 6  # (P, N·C) float64 arrays the dense step loop holds (F, A, U, grad, ...)
+_ARRAY_BYTES = 112  # a small numpy array's own object (sys.getsizeof of an empty one)
 
 
 def resolve_ntk_mode(ntk, *, projection, n_rows, projection_dim, max_memory, n_steps, n_paths):
@@ -84,21 +85,45 @@ def check_predict_memory(kernel, recipe, n_paths, n_all_rows, max_memory):
     recipe : TrainingRecipe
     n_paths : int
     n_all_rows : int
-        (N + N_eval)·C.
+        (N + N_eval)·C: the rows of ``kernel`` (held-out ones included).
     max_memory : int
+
+    Returns
+    -------
+    need : int
+        The bytes of that peak, kernel included.
     """
     curves = 4 * n_paths * (recipe.n_steps + 1) * 8
     if getattr(kernel, "factored", False):
-        # one block of outputs at every stored state, and the loss's temporaries of it
-        block = min(kernel.block_bytes, 8 * (recipe.n_steps + 1) * n_paths * n_all_rows)
-        work = states_bytes(kernel, recipe, n_paths) + 6 * block
+        # one block of outputs at every stored state (the rows of a block are sized by
+        # FactoredKernel.row_blocks), the loss's temporaries of it, and its float64 rows
+        n_states = (recipe.n_steps + 1) * n_paths
+        c = kernel.n_outputs
+        rows = min(n_all_rows, c * max(1, kernel.block_bytes // (8 * max(kernel.dim, n_states)
+                                                                  * c)))
+        work = (states_bytes(kernel, recipe, n_paths) + 6 * 8 * n_states * rows
+                + 8 * kernel.dim * rows)
     else:
         work = _DENSE_COPIES * n_paths * n_all_rows * 8
-    need = kernel_bytes(kernel) + curves + work
+    batches = batches_bytes(recipe, n_paths)
+    need = kernel_bytes(kernel) + curves + work + batches
     if need > max_memory:
+        factored = getattr(kernel, "factored", False)
         raise MemoryBudgetError(
             f"this prediction ({n_paths} paths × {recipe.n_steps} steps) needs about "
             f"{format_bytes(need)} (kernel {format_bytes(kernel_bytes(kernel))}, curves and "
-            f"solver state {format_bytes(curves + work)}), more than max_memory="
-            f"{format_bytes(max_memory)}. Options: fewer n_paths or n_steps, a smaller "
-            "projection_dim, ntk='factored' (the rows instead of Θ), or raise max_memory.")
+            f"solver state {format_bytes(curves + work)}, minibatch orders "
+            f"{format_bytes(batches)}), more than max_memory={format_bytes(max_memory)}. "
+            "Options: fewer n_paths or n_steps, a smaller projection_dim"
+            + ("" if factored else ", ntk='factored' (the rows instead of Θ)")
+            + ", or raise max_memory.")
+    return need
+
+
+def batches_bytes(recipe, n_paths):
+    """Bytes of the simulated minibatch orders: the per-path batches of the DataLoaders and
+    their (P, b) stack per step, each a small array with its header."""
+    if recipe.full_batch or recipe.resolved_solver != "discrete":
+        return 0
+    data = 8 * recipe.batch_size
+    return recipe.n_steps * (n_paths * (data + _ARRAY_BYTES) + n_paths * data + _ARRAY_BYTES)
