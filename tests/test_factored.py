@@ -554,3 +554,23 @@ def test_a_prediction_counts_its_minibatch_orders():
                                                 r"1\d\d\.\d MiB.*n_paths"):
         fitted.predict_curve(n_steps=2000, batch_size=16, n_paths=200)
 
+
+def test_cached_predictions_stay_within_max_memory():
+    from sktt.estimators._scale import cached_bytes, check_predict_memory
+
+    model, X, y = _mlp_problem(n=100)
+    ttp = TrainingTimePredictor(model, projection="countsketch", projection_dim=32, ntk="dense",
+                                n_steps=200, batch_size=2, n_paths=50, lr=0.05,
+                                trust_check=False, random_state=0).fit(X, y)
+    need = check_predict_memory(ttp._kernel, ttp.get_recipe(), 50, 400, 2**40)
+    budget = need + 400_000  # room for about two settings' cached curves (160 kB each)
+    ttp.set_params(max_memory=budget)
+    first = ttp.predict_curve(lr=0.01)
+    for lr in np.linspace(0.015, 0.05, 8):
+        ttp.predict_curve("error", lr=lr)
+        # a grid of settings: the oldest cached curves make room for the next prediction
+        held = sum(cached_bytes(v) for v in ttp._cache.values())
+        latest = cached_bytes(ttp._cache[ttp._setting({"lr": lr}).key])
+        assert held - latest <= budget - need, (held, latest, budget - need)
+    assert len(ttp._cache) < 9
+    assert_allclose(ttp.predict_curve(lr=0.01), first, rtol=0)  # recomputed alike

@@ -41,7 +41,7 @@ from ._extraction_params import check_extraction_params, check_finite_outputs
 from ._adamw import AdamWMixin
 from ._refresh import refreshed_curves
 from ._relinearize import staged_curves
-from ._scale import NTK_MODES, check_predict_memory, resolve_ntk_mode
+from ._scale import NTK_MODES, check_predict_memory, release_cached, resolve_ntk_mode
 from ._setting import resolve_setting
 from ._spectrum import GramSpectrum
 from ._sgd import (check_quantiles, check_user_batches, curve_band, fit_sde_noise, noise_factor,
@@ -812,7 +812,9 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         budget = parse_memory("max_memory", self.max_memory)
         n_rows = (self.n_samples_ + (self.n_eval_samples_ if held_out else 0)) * self.n_outputs_
         # checked before the batch orders are drawn: they are part of the prediction's memory
-        check_predict_memory(kernel, recipe, max(n_paths, len(seeds or ())), n_rows, budget)
+        need = check_predict_memory(kernel, recipe, max(n_paths, len(seeds or ())), n_rows,
+                                    budget)
+        release_cached(self._cache, budget - need)  # the cached curves of other settings
         if draw:
             batches = self._batch_sequence(recipe, recipe.n_paths)
         return simulate(kernel, self._problem(recipe, held_out=held_out), recipe,

@@ -30,16 +30,19 @@ outputs and momentum images ((N + N_eval)·C per path, a few copies), for the
 factored one the stored sketch-space states (T + 1)·P·(D0 + 2) and one block of
 outputs (64 MiB). :func:`check_predict_memory` raises
 :class:`~sktt.exceptions.MemoryBudgetError` when that, next to the kernel,
-exceeds ``max_memory``.
+exceeds ``max_memory``, and :func:`release_cached` drops the oldest cached
+predictions (an estimator caches one per setting) until what stays cached fits
+beside it: each prediction is within the budget, and so is a grid of them.
 """
 
 import numpy as np
 
-from ..dynamics._factored import states_bytes
+from ..dynamics._factored import FactoredCurves, states_bytes
 from ..exceptions import MemoryBudgetError
 from ..utils import format_bytes
 
-__all__ = ["NTK_MODES", "resolve_ntk_mode", "kernel_bytes", "check_predict_memory"]
+__all__ = ["NTK_MODES", "resolve_ntk_mode", "kernel_bytes", "check_predict_memory",
+           "release_cached"]
 
 NTK_MODES = ("auto", "dense", "factored")
 _DENSE_COPIES = 6  # (P, N·C) float64 arrays the dense step loop holds (F, A, U, grad, ...)
@@ -127,3 +130,27 @@ def batches_bytes(recipe, n_paths):
         return 0
     data = 8 * recipe.batch_size
     return recipe.n_steps * (n_paths * (data + _ARRAY_BYTES) + n_paths * data + _ARRAY_BYTES)
+
+
+def cached_bytes(value):
+    """Bytes of the arrays a cached prediction holds (a factored run: its ``nbytes``)."""
+    if isinstance(value, (np.ndarray, FactoredCurves)):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(cached_bytes(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return sum(cached_bytes(v) for v in value)
+    return 0
+
+
+def release_cached(cache, room):
+    """Drop the oldest entries of ``cache`` (a dict, oldest first) until the arrays it
+    holds take at most ``room`` bytes; entries holding no array stay."""
+    sizes = {key: cached_bytes(value) for key, value in cache.items()}
+    held = sum(sizes.values())
+    for key, nbytes in sizes.items():
+        if held <= room:
+            break
+        if nbytes:
+            del cache[key]
+            held -= nbytes
