@@ -562,7 +562,7 @@ def test_cached_predictions_stay_within_max_memory():
     ttp = TrainingTimePredictor(model, projection="countsketch", projection_dim=32, ntk="dense",
                                 n_steps=200, batch_size=2, n_paths=50, lr=0.05,
                                 trust_check=False, random_state=0).fit(X, y)
-    need = check_predict_memory(ttp._kernel, ttp.get_recipe(), 50, 400, 2**40)
+    _, need = check_predict_memory(ttp._kernel, ttp.get_recipe(), 50, 400, 2**40)
     budget = need + 400_000  # room for about two settings' cached curves (160 kB each)
     ttp.set_params(max_memory=budget)
     first = ttp.predict_curve(lr=0.01)
@@ -574,3 +574,26 @@ def test_cached_predictions_stay_within_max_memory():
         assert held - latest <= budget - need, (held, latest, budget - need)
     assert len(ttp._cache) < 9
     assert_allclose(ttp.predict_curve(lr=0.01), first, rtol=0)  # recomputed alike
+
+
+def test_a_long_factored_prediction_takes_smaller_blocks_within_max_memory():
+    import tracemalloc
+
+    model, X, y = _mlp_problem(n=100)
+    common = dict(projection="countsketch", projection_dim=32, n_steps=1000, batch_size=10,
+                  n_paths=8, lr=0.05, trust_check=False, random_state=0)
+    dense = TrainingTimePredictor(model, ntk="dense", **common).fit(X, y)
+    fact = TrainingTimePredictor(model, ntk="factored", **common).fit(X, y)
+    # 8 008 stored states: the default 64 MiB blocks would need ~150 MiB; 32 MiB is
+    # enough with smaller ones
+    budget = 32 * 1024**2
+    fact.set_params(max_memory=budget)
+    tracemalloc.start()
+    try:
+        band = fact.predict_curve(return_band=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= budget, (peak, budget)
+    assert_allclose(band.paths, dense.predict_curve(return_band=True).paths, rtol=1e-9)
+    assert fact._kernel.block_bytes == 64 * 1024**2  # the fitted kernel is left as it was

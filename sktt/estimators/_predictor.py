@@ -812,8 +812,8 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         budget = parse_memory("max_memory", self.max_memory)
         n_rows = (self.n_samples_ + (self.n_eval_samples_ if held_out else 0)) * self.n_outputs_
         # checked before the batch orders are drawn: they are part of the prediction's memory
-        need = check_predict_memory(kernel, recipe, max(n_paths, len(seeds or ())), n_rows,
-                                    budget)
+        kernel, need = check_predict_memory(kernel, recipe, max(n_paths, len(seeds or ())),
+                                            n_rows, budget)
         release_cached(self._cache, budget - need)  # the cached curves of other settings
         if draw:
             batches = self._batch_sequence(recipe, recipe.n_paths)
