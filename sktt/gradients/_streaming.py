@@ -41,8 +41,9 @@ from ._inputs import LazyInputs, _check_inputs, _structure, _to_tensor
 __all__ = ["DatasetInputs", "stream_inputs"]
 
 ACCEPTED_DATASET = ("a map-style torch.utils.data.Dataset (with __len__ and __getitem__) "
-                    "yielding (x, y) pairs, or a torch.utils.data.DataLoader over one with the "
-                    "default sampler (shuffle=True or False)")
+                    "yielding (x, y) pairs, or a torch.utils.data.DataLoader over one (or over "
+                    "any items, with a collate_fn that makes (x, y) batches) with the default "
+                    "sampler (shuffle=True or False)")
 _READ_CHUNK = 256  # samples collated at a time by the targets pass
 
 
@@ -59,7 +60,8 @@ class DatasetInputs(LazyInputs):
     Parameters
     ----------
     dataset : torch.utils.data.Dataset
-        Yields ``(x, y)`` pairs; only read, never modified.
+        Yields ``(x, y)`` pairs (any items with a ``collate_fn`` that makes ``(x, y)``
+        batches of them); only read, never modified.
     collate_fn : callable
         Turns a list of items into an ``(x, y)`` batch.
     float_dtype : torch.dtype
@@ -76,8 +78,12 @@ class DatasetInputs(LazyInputs):
         self.source = source
 
     def _collate(self, positions):
-        items = [_pair(self.dataset[int(i)], f"{self.source} whose item {int(i)} is")
-                 for i in positions]
+        items = [self.dataset[int(i)] for i in positions]
+        if self.collate_fn is default_collate:  # the items themselves must be the pairs
+            items = [_pair(item, f"{self.source} whose item {int(i)} is")
+                     for i, item in zip(positions, items)]
+        # a loader's own collate_fn may make the (x, y) batch from other items (dicts of a
+        # tokenised dataset, ...): what it returns is checked
         try:
             batch = self.collate_fn(items)
         except (TypeError, ValueError, RuntimeError) as exc:
@@ -188,7 +194,8 @@ def stream_inputs(X, float_dtype, verbose=0):
     X : torch.utils.data.Dataset or torch.utils.data.DataLoader
         A map-style dataset yielding ``(x, y)`` pairs (x: a tensor / array, a
         tuple of them -- positional inputs -- or a dict -- keyword inputs); a
-        DataLoader stands for its dataset and ``collate_fn``.
+        DataLoader stands for its dataset and ``collate_fn``, which may make the
+        ``(x, y)`` batches from items of any form (e.g. dicts with a label key).
     float_dtype : torch.dtype
     verbose : int, default=0
         > 0: a tqdm bar for the targets pass.
