@@ -597,3 +597,34 @@ def test_a_long_factored_prediction_takes_smaller_blocks_within_max_memory():
     assert peak <= budget, (peak, budget)
     assert_allclose(band.paths, dense.predict_curve(return_band=True).paths, rtol=1e-9)
     assert fact._kernel.block_bytes == 64 * 1024**2  # the fitted kernel is left as it was
+
+
+def test_a_factored_fit_holds_its_chunks_rows_within_max_memory(monkeypatch):
+    import weakref
+
+    from sktt.gradients import _extraction
+
+    alive = {"bytes": 0, "peak": 0}
+    task = _extraction._chunk_rows_task
+
+    def died(nbytes):
+        alive["bytes"] -= nbytes
+
+    def counted(*args, **kwargs):  # the bytes of the chunks' finished rows alive at once
+        out = task(*args, **kwargs)
+        rows = out[0] if isinstance(out, tuple) else out
+        alive["bytes"] += rows.nbytes
+        alive["peak"] = max(alive["peak"], alive["bytes"])
+        weakref.finalize(rows, died, rows.nbytes)
+        return out
+
+    monkeypatch.setattr(_extraction, "_chunk_rows_task", counted)
+    model, X, y = _mlp_problem()
+    budget = 8 * 1024**2  # the rows (1 600 × 2 048 float32 = 12.5 MiB) go to a memmap
+    fitted = TrainingTimePredictor(model, projection="countsketch", projection_dim=2048,
+                                   ntk="factored", n_steps=5, trust_check=False,
+                                   random_state=0, max_memory=budget).fit(X, y)
+    assert isinstance(fitted.projected_jacobian_, np.memmap)
+    # the chunks whose projected rows are held before they are written (4 at a time, 64 KiB
+    # per sample in float64) take at most a quarter of the budget
+    assert 0 < alive["peak"] <= budget // 4, alive
