@@ -19,8 +19,9 @@ set.
 
 What a ``DataLoader`` contributes is its dataset and its ``collate_fn`` (e.g.
 a tokenizer's padding; with ``batch_size=None`` it converts each item, as the
-loader does, and the items are then batched with ``default_collate``): its ``batch_size``, ``shuffle``, ``drop_last`` and
-``num_workers`` do not define anything here. The training batches are the
+loader does, and the items are then batched with ``default_collate``): its
+``batch_size``, ``shuffle``, ``drop_last`` and ``num_workers`` do not define
+anything here. The training batches are the
 estimator's (``batch_size``, seeded from ``random_state``); the extraction
 chunks are ``chunk_size`` / the memory budget's; samples are read in the
 main process. A sampler other than the default (sequential or shuffling over
