@@ -103,6 +103,8 @@ FIT_ROWS = [
     ("unknown-projection", {"projection": "countsketh"}, (X, Y), ValueError,
      r"projection='countsketh'.*Did you mean 'countsketch'"),
     ("max-memory", {"max_memory": "lots"}, (X, Y), ValueError, r"max_memory='lots' is invalid"),
+    ("max-memory-below-a-byte", {"max_memory": "0.5B"}, (X, Y), ValueError,
+     r"max_memory='0.5B' is invalid; accepted: None, a positive int of bytes"),
     ("random-state", {"random_state": -1}, (X, Y), ValueError, r"random_state=-1 is invalid"),
     ("n-jobs-zero", {"n_jobs": 0}, (X, Y), ValueError, r"n_jobs=0 is invalid"),
 ]

@@ -504,3 +504,127 @@ def test_rows_beyond_the_budget_go_to_a_memmap(demo):
     disk.set_params(max_memory=None)  # the prediction's paths need more than that tiny budget
     # the smaller budget changes the chunking, so rows can differ in their float32 rounding
     assert_allclose(disk.predict_curve(), ram.predict_curve(), rtol=1e-6)
+
+
+def _mlp_problem(n=400, c=4, d=8, seed=0):
+    import torch
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(d, 16), torch.nn.ReLU(), torch.nn.Linear(16, c))
+    rng = np.random.default_rng(seed)
+    return model, rng.standard_normal((n, d)).astype(np.float32), rng.integers(0, c, n)
+
+
+def test_a_dense_fit_stays_within_max_memory():
+    import tracemalloc
+
+    model, X, y = _mlp_problem()
+    n_rows, dim = 400 * 4, 64
+    theta, rows32, rows64 = n_rows**2 * 8, n_rows * dim * 4, n_rows * dim * 8
+    common = dict(projection="countsketch", projection_dim=dim, ntk="dense", n_steps=5,
+                  trust_check=False, random_state=0)
+    # Θ, the float32 rows, the float64 copy Θ is formed from, and room for the chunks and
+    # the kernel check's blocks (a few MiB): numpy's peak (what tracemalloc sees) stays
+    # below the budget -- the kernel's check and symmetrisation make no copy of Θ
+    budget = theta + rows32 + rows64 + 16 * 1024**2
+    tracemalloc.start()
+    try:
+        fitted = TrainingTimePredictor(model, max_memory=budget, **common).fit(X, y)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert fitted.ntk_mode_ == "dense"
+    assert peak <= budget, (peak, budget)
+    # Θ and the float32 rows fit, but not the float64 copy next to them
+    with pytest.raises(MemoryBudgetError, match=r"projected Jacobian .*float64 copy of the rows"
+                                                r".*projection_dim.*ntk='factored'"):
+        TrainingTimePredictor(model, max_memory=theta + rows32 + rows64 // 2,
+                              **common).fit(X, y)
+
+
+def test_a_prediction_counts_its_minibatch_orders():
+    model, X, y = _mlp_problem(n=100)
+    fitted = TrainingTimePredictor(model, projection="countsketch", projection_dim=32,
+                                   ntk="dense", n_steps=5, trust_check=False,
+                                   random_state=0).fit(X, y)
+    # 200 paths × 2 000 steps of 16 indices: ~150 MiB of batch index arrays, next to a
+    # few MiB of curves and solver state
+    fitted.set_params(max_memory="64MiB")
+    with pytest.raises(MemoryBudgetError, match=r"200 paths × 2000 steps.*minibatch orders "
+                                                r"1\d\d\.\d MiB.*n_paths"):
+        fitted.predict_curve(n_steps=2000, batch_size=16, n_paths=200)
+
+
+def test_cached_predictions_stay_within_max_memory():
+    from sktt.estimators._scale import cached_bytes, check_predict_memory
+
+    model, X, y = _mlp_problem(n=100)
+    ttp = TrainingTimePredictor(model, projection="countsketch", projection_dim=32, ntk="dense",
+                                n_steps=200, batch_size=2, n_paths=50, lr=0.05,
+                                trust_check=False, random_state=0).fit(X, y)
+    _, need = check_predict_memory(ttp._kernel, ttp.get_recipe(), 50, 400, 2**40)
+    budget = need + 400_000  # room for about two settings' cached curves (160 kB each)
+    ttp.set_params(max_memory=budget)
+    first = ttp.predict_curve(lr=0.01)
+    for lr in np.linspace(0.015, 0.05, 8):
+        ttp.predict_curve("error", lr=lr)
+        # a grid of settings: the oldest cached curves make room for the next prediction
+        held = sum(cached_bytes(v) for v in ttp._cache.values())
+        latest = cached_bytes(ttp._cache[ttp._setting({"lr": lr}).key])
+        assert held - latest <= budget - need, (held, latest, budget - need)
+    assert len(ttp._cache) < 9
+    assert_allclose(ttp.predict_curve(lr=0.01), first, rtol=0)  # recomputed alike
+
+
+def test_a_long_factored_prediction_takes_smaller_blocks_within_max_memory():
+    import tracemalloc
+
+    model, X, y = _mlp_problem(n=100)
+    common = dict(projection="countsketch", projection_dim=32, n_steps=1000, batch_size=10,
+                  n_paths=8, lr=0.05, trust_check=False, random_state=0)
+    dense = TrainingTimePredictor(model, ntk="dense", **common).fit(X, y)
+    fact = TrainingTimePredictor(model, ntk="factored", **common).fit(X, y)
+    # 8 008 stored states: the default 64 MiB blocks would need ~150 MiB; 32 MiB is
+    # enough with smaller ones
+    budget = 32 * 1024**2
+    fact.set_params(max_memory=budget)
+    tracemalloc.start()
+    try:
+        band = fact.predict_curve(return_band=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= budget, (peak, budget)
+    assert_allclose(band.paths, dense.predict_curve(return_band=True).paths, rtol=1e-9)
+    assert fact._kernel.block_bytes == 64 * 1024**2  # the fitted kernel is left as it was
+
+
+def test_a_factored_fit_holds_its_chunks_rows_within_max_memory(monkeypatch):
+    import weakref
+
+    from sktt.gradients import _extraction
+
+    alive = {"bytes": 0, "peak": 0}
+    task = _extraction._chunk_rows_task
+
+    def died(nbytes):
+        alive["bytes"] -= nbytes
+
+    def counted(*args, **kwargs):  # the bytes of the chunks' finished rows alive at once
+        out = task(*args, **kwargs)
+        rows = out[0] if isinstance(out, tuple) else out
+        alive["bytes"] += rows.nbytes
+        alive["peak"] = max(alive["peak"], alive["bytes"])
+        weakref.finalize(rows, died, rows.nbytes)
+        return out
+
+    monkeypatch.setattr(_extraction, "_chunk_rows_task", counted)
+    model, X, y = _mlp_problem()
+    budget = 8 * 1024**2  # the rows (1 600 × 2 048 float32 = 12.5 MiB) go to a memmap
+    fitted = TrainingTimePredictor(model, projection="countsketch", projection_dim=2048,
+                                   ntk="factored", n_steps=5, trust_check=False,
+                                   random_state=0, max_memory=budget).fit(X, y)
+    assert isinstance(fitted.projected_jacobian_, np.memmap)
+    # the chunks whose projected rows are held before they are written (4 at a time, 64 KiB
+    # per sample in float64) take at most a quarter of the budget
+    assert 0 < alive["peak"] <= budget // 4, alive

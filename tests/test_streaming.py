@@ -198,6 +198,58 @@ def test_keyword_items_with_a_padding_collate_fn():
     assert got.predict_time(eps=0.01) == ref.predict_time(eps=0.01)
 
 
+class Halved:
+    """A per-item collate_fn (module level: the fitted predictor pickles with it)."""
+
+    def __call__(self, item):
+        x, label = item
+        return torch.as_tensor(x) / 2, label
+
+
+def test_an_unbatched_loader_converts_each_item_with_its_collate_fn():
+    # batch_size=None: the loader's collate_fn converts single items; what it yields is
+    # the data, not the dataset's raw items (which are twice as large here)
+    data = Generated(24)
+    X, y = data.tensors()
+    twice = torch.utils.data.TensorDataset(2 * X, y)
+    loader = torch.utils.data.DataLoader(twice, batch_size=None, collate_fn=Halved())
+    assert torch.equal(next(iter(loader))[0], X[0])
+    ref, got = _fitted(X, y), _fitted(loader)
+    assert_allclose(got.predict_curve(), ref.predict_curve(), rtol=RTOL)
+    back = pickle.loads(pickle.dumps(got))
+    assert_allclose(back.predict_curve(refresh_steps=2), ref.predict_curve(refresh_steps=2),
+                    rtol=RTOL)
+    # the default (no collate_fn) converts as the batched default does
+    plain = _fitted(torch.utils.data.DataLoader(data, batch_size=None))
+    assert_allclose(plain.predict_curve(), ref.predict_curve(), rtol=RTOL)
+
+
+def to_pairs(items):
+    """A collate_fn that makes (x, y) batches of dict items (as a tokenised dataset has)."""
+    return (torch.stack([torch.as_tensor(item["pixels"]) for item in items]),
+            torch.tensor([item["label"] for item in items]))
+
+
+def test_a_loader_whose_collate_fn_makes_the_pairs_from_dict_items():
+    data = Generated(24)
+    X, y = data.tensors()
+    items = Items([{"pixels": X[i], "label": int(y[i])} for i in range(24)])
+    loader = torch.utils.data.DataLoader(items, batch_size=5, collate_fn=to_pairs)
+    ref, got = _fitted(X, y), _fitted(loader)
+    assert_allclose(got.predict_curve(), ref.predict_curve(), rtol=RTOL)
+    assert_allclose(got.predict_curve(refresh_steps=2), ref.predict_curve(refresh_steps=2),
+                    rtol=RTOL)
+    # the same items with the default collate_fn are not pairs: one clear error
+    with pytest.raises(ValueError, match=r"X is a DataLoader whose item 0 is dict; accepted: "
+                                         r"\(x, y\) pairs"):
+        as_inputs(torch.utils.data.DataLoader(items, batch_size=5), None,
+                  float_dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"X is a DataLoader whose collate_fn returned dict; "
+                                         r"accepted: \(x, y\) pairs"):
+        as_inputs(torch.utils.data.DataLoader(items, batch_size=5, collate_fn=lambda b: {"x": b}),
+                  None, float_dtype=torch.float64)
+
+
 def test_a_transformers_classifier_from_a_dataloader():
     transformers = pytest.importorskip("transformers")
     config = transformers.BertConfig(vocab_size=20, hidden_size=16, num_hidden_layers=1,

@@ -55,7 +55,7 @@ def check_batches(batches, n_samples, n_steps):
             n_paths = b.shape[0]
         elif b.shape[0] != n_paths:
             raise ValueError(f"batches[{t}] has {b.shape[0]} paths but batches[0] has {n_paths}.")
-        out.append(b.astype(np.intp))
+        out.append(b.astype(np.intp, copy=False))  # no second copy of P·T·b indices
     return out
 
 

@@ -352,6 +352,21 @@ class FactoredCurves(MutableMapping):
     def __len__(self):
         return len(self._CURVES) + 1 + len(self._extra)
 
+    @property
+    def nbytes(self):
+        """Bytes of the arrays this run holds: its stored states and what was computed from
+        them (curves, points, bounds), not the kernel it shares with its estimator."""
+        def size(obj):
+            if isinstance(obj, np.ndarray):
+                return obj.nbytes
+            if isinstance(obj, dict):
+                return sum(size(v) for v in obj.values())
+            return 0
+
+        return sum(size(obj) for obj in (
+            self.states, self.E, self._sides, self._full, self._extra, self._norms,
+            self._approx, self._bounds, self._anchored))
+
     # -- partial evaluation ----------------------------------------------------------------------
     def _has(self, side):
         """Whether the run has rows on ``side`` ("train" always; "eval" with held-out rows)."""

@@ -42,7 +42,7 @@ from ._extraction_params import check_extraction_params, check_finite_outputs
 from ._adamw import AdamWMixin
 from ._refresh import refreshed_curves
 from ._relinearize import staged_curves
-from ._scale import NTK_MODES, check_predict_memory, resolve_ntk_mode
+from ._scale import NTK_MODES, check_predict_memory, release_cached, resolve_ntk_mode
 from ._setting import resolve_setting
 from ._spectrum import GramSpectrum
 from ._sgd import (check_quantiles, check_user_batches, curve_band, fit_sde_noise, noise_factor,
@@ -540,7 +540,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
     def _make_kernel(ntk, rows, n_outputs):
         """The kernel operator of a fit: Θ (validated) or the rows (finite)."""
         if ntk is not None:
-            return DenseKernel(check_ntk(ntk), n_outputs)
+            return DenseKernel(check_ntk(ntk, copy=False), n_outputs)  # fit's own Θ
         block = max(1, 2**24 // (4 * rows.shape[1]))  # a memmap is read in 64 MiB blocks
         if not all(np.isfinite(rows[s:s + block]).all() for s in range(0, rows.shape[0], block)):
             raise ValueError("the projected Jacobian rows contain NaN or inf; the model's "
@@ -824,9 +824,10 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
     def _simulate(self, recipe, batches=None):
         """The one ``simulate`` call of a plain (open-loop) prediction."""
         solver = recipe.resolved_solver
-        if batches is None and solver == "discrete" and not recipe.full_batch:
-            batches = self._batch_sequence(recipe, recipe.n_paths)
+        draw = batches is None and solver == "discrete" and not recipe.full_batch
         if recipe.is_adamw:  # parameter space or preconditioned kernels (._adamw)
+            if draw:
+                batches = self._batch_sequence(recipe, recipe.n_paths)
             kernel, problem, mode = self._adamw_operands(recipe, held_out=True)
             if mode == "approximate":  # once per setting: curves are cached per setting
                 warnings.warn(
@@ -846,10 +847,15 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
                 noise = noise_factor(self, recipe.sde_noise)
         held_out = self._has_eval_set() and solver != "sde"  # see ._eval_set: sde refuses
         kernel = self._eval_kernel if held_out else self._kernel
-        n_paths = 1 if batches is None else batches[0].shape[0]
-        check_predict_memory(self._kernel, recipe, max(n_paths, len(seeds or ())),
-                             self.n_samples_ * self.n_outputs_,
-                             parse_memory("max_memory", self.max_memory))
+        n_paths = recipe.n_paths if draw else 1 if batches is None else batches[0].shape[0]
+        budget = parse_memory("max_memory", self.max_memory)
+        n_rows = (self.n_samples_ + (self.n_eval_samples_ if held_out else 0)) * self.n_outputs_
+        # checked before the batch orders are drawn: they are part of the prediction's memory
+        kernel, need = check_predict_memory(kernel, recipe, max(n_paths, len(seeds or ())),
+                                            n_rows, budget)
+        release_cached(self._cache, budget - need)  # the cached curves of other settings
+        if draw:
+            batches = self._batch_sequence(recipe, recipe.n_paths)
         return simulate(kernel, self._problem(recipe, held_out=held_out), recipe,
                         batches=batches, noise_factor=noise, seeds=seeds)
 

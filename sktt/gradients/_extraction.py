@@ -52,6 +52,7 @@ __all__ = ["JACOBIAN_METHODS", "first_outputs", "model_outputs", "jacobian_rows"
 
 JACOBIAN_METHODS = ("auto", "layerwise", "functorch")
 _PROBE_SAMPLES = 3
+_IN_FLIGHT = 4  # chunks per worker whose rows _parallel_rows collects before writing them
 
 
 def model_outputs(model, inputs, *, chunk_size=256, output=None):
@@ -301,7 +302,7 @@ def _parallel_rows(model, names, inputs, projector, chunk_size, n_jobs, verbose,
         return np.concatenate([rows_of(part, start)
                                for start, part in zip(range(0, n, chunk_size), parts)])
     starts = list(range(0, n, chunk_size))
-    group = max(1, n_workers_for(n_jobs, len(starts))) * 4  # chunks in flight at a time
+    group = max(1, n_workers_for(n_jobs, len(starts))) * _IN_FLIGHT  # chunks held at a time
     bar = None
     if verbose:
         from tqdm.auto import tqdm  # only when a bar is asked for
@@ -321,7 +322,7 @@ def _parallel_rows(model, names, inputs, projector, chunk_size, n_jobs, verbose,
                 out[start * n_out:start * n_out + part.shape[0]] = part
                 if bar is not None:
                     bar.update(part.shape[0] // n_out)
-            del parts, chunks
+            del parts, chunks, part  # the last one too: the next group's rows come next
     finally:
         if bar is not None:
             bar.close()
@@ -488,11 +489,15 @@ def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projecti
         on_disk = not form_ntk and rows_bytes > budget // 2
         if on_disk:  # the rows live in a memmap; memory holds the chunks in flight
             rows_bytes = 0
-        if rows_bytes > budget:
+        # Θ is formed from a float64 copy of the rows, next to Θ and the float32 rows
+        copy_bytes = n_rows * projection_dim * 8 if form_ntk else 0
+        if rows_bytes + copy_bytes > budget:
             raise MemoryBudgetError(
                 f"the projected Jacobian is {n_rows}×{projection_dim} float32 = "
                 f"{format_bytes(rows_bytes)}"
-                + (f"; with Θ ({format_bytes(ntk_bytes)}) it" if ntk_bytes else ", which")
+                + (f"; with Θ ({format_bytes(ntk_bytes)}) and the float64 copy of the rows "
+                   f"Θ is formed from ({format_bytes(copy_bytes)}) it" if ntk_bytes else
+                   ", which")
                 + f" exceeds max_memory={format_bytes(max_memory)}. Options: lower "
                 "projection_dim, raise max_memory"
                 + (", use ntk='factored' (Θ never formed)" if ntk_bytes else "")
@@ -500,7 +505,8 @@ def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projecti
         projector = BlockProjector(projection, projection_dim, seed)
         avail = budget - rows_bytes
         chunk_size, work_bytes = _chunk_plan(plan, n, n_outputs, n_params, itemsize, max_memory,
-                                             avail, chunk_size, n_jobs, min_chunks=min_chunks)
+                                             avail, chunk_size, n_jobs, min_chunks=min_chunks,
+                                             result_bytes=n_outputs * projection_dim * 8)
         rows = jacobian_rows(model, inputs, names, projector=projector, chunk_size=chunk_size,
                              n_jobs=n_jobs, verbose=verbose, plan=plan, work_bytes=work_bytes,
                              jacobian_method="functorch" if plan is None else jacobian_method,
@@ -533,28 +539,36 @@ def ntk_from_model(model, inputs, names, *, n_outputs, projection=None, projecti
 
 
 def _chunk_plan(plan, n, n_outputs, n_params, itemsize, max_memory, avail, chunk_size, n_jobs,
-                *, min_chunks=MIN_CHUNKS):
+                *, min_chunks=MIN_CHUNKS, result_bytes=0):
     """Chunk size and per-layer working memory of one task.
 
     The layer-wise path keeps one chunk's forward graph and C output gradients
     (measured per sample on the probe) in half of ``avail`` and the temporaries
     of one layer in a quarter, shared among the workers; at least ``min_chunks``
-    chunks (:func:`~sktt.gradients._parallel.plan_n_chunks`).
+    chunks (:func:`~sktt.gradients._parallel.plan_n_chunks`). ``result_bytes``
+    per sample of a chunk's finished result (the projected rows, float64) are
+    held for the ``_IN_FLIGHT`` chunks per worker :func:`_parallel_rows` collects
+    before writing them: those take at most a quarter of ``avail``.
     """
     workers = n_workers_for(n_jobs, n)
+    given = chunk_size is not None
     if plan is None:
+        work_bytes = None
         if chunk_size is None:  # concurrent chunks share the budget
             chunk_size = cap_chunk_size(
                 plan_chunk_size(n, n_outputs, n_params, itemsize, max_memory // workers), n,
                 workers, min_chunks=min_chunks)
-        return chunk_size, None
-    avail = max(int(avail), 1)
-    work_bytes = max(avail // (4 * workers), 1)
-    if chunk_size is None:
-        per_sample = max(plan.saved_bytes_per_sample, 1)
-        chunk_size = int(max(1, min(n, (avail // (2 * workers)) // per_sample)))
-        # >= 8 chunks and >= 2 per worker, the same for n_jobs = 1 and 2 (same bits)
-        chunk_size = cap_chunk_size(chunk_size, n, workers, min_chunks=min_chunks)
+    else:
+        avail = max(int(avail), 1)
+        work_bytes = max(avail // (4 * workers), 1)
+        if chunk_size is None:
+            per_sample = max(plan.saved_bytes_per_sample, 1)
+            chunk_size = int(max(1, min(n, (avail // (2 * workers)) // per_sample)))
+            # >= 8 chunks and >= 2 per worker, the same for n_jobs = 1 and 2 (same bits)
+            chunk_size = cap_chunk_size(chunk_size, n, workers, min_chunks=min_chunks)
+    if not given and result_bytes:
+        held = _IN_FLIGHT * workers * result_bytes
+        chunk_size = min(chunk_size, max(1, (max(int(avail), 1) // 4) // held))
     return chunk_size, work_bytes
 
 

@@ -18,8 +18,10 @@ each pass see different inputs, and the linearisation is then of no fixed data
 set.
 
 What a ``DataLoader`` contributes is its dataset and its ``collate_fn`` (e.g.
-a tokenizer's padding): its ``batch_size``, ``shuffle``, ``drop_last`` and
-``num_workers`` do not define anything here. The training batches are the
+a tokenizer's padding; with ``batch_size=None`` it converts each item, as the
+loader does, and the items are then batched with ``default_collate``): its
+``batch_size``, ``shuffle``, ``drop_last`` and ``num_workers`` do not define
+anything here. The training batches are the
 estimator's (``batch_size``, seeded from ``random_state``); the extraction
 chunks are ``chunk_size`` / the memory budget's; samples are read in the
 main process. A sampler other than the default (sequential or shuffling over
@@ -33,15 +35,16 @@ the accepted types rather than silently held in memory.
 import numpy as np
 import torch
 from torch.utils.data import (BatchSampler, DataLoader, IterableDataset, RandomSampler,
-                              SequentialSampler, TensorDataset, default_collate)
+                              SequentialSampler, TensorDataset, default_collate, default_convert)
 
 from ._inputs import LazyInputs, _check_inputs, _structure, _to_tensor
 
 __all__ = ["DatasetInputs", "stream_inputs"]
 
 ACCEPTED_DATASET = ("a map-style torch.utils.data.Dataset (with __len__ and __getitem__) "
-                    "yielding (x, y) pairs, or a torch.utils.data.DataLoader over one with the "
-                    "default sampler (shuffle=True or False)")
+                    "yielding (x, y) pairs, or a torch.utils.data.DataLoader over one (or over "
+                    "any items, with a collate_fn that makes (x, y) batches) with the default "
+                    "sampler (shuffle=True or False)")
 _READ_CHUNK = 256  # samples collated at a time by the targets pass
 
 
@@ -58,7 +61,8 @@ class DatasetInputs(LazyInputs):
     Parameters
     ----------
     dataset : torch.utils.data.Dataset
-        Yields ``(x, y)`` pairs; only read, never modified.
+        Yields ``(x, y)`` pairs (any items with a ``collate_fn`` that makes ``(x, y)``
+        batches of them); only read, never modified.
     collate_fn : callable
         Turns a list of items into an ``(x, y)`` batch.
     float_dtype : torch.dtype
@@ -75,8 +79,12 @@ class DatasetInputs(LazyInputs):
         self.source = source
 
     def _collate(self, positions):
-        items = [_pair(self.dataset[int(i)], f"{self.source} whose item {int(i)} is")
-                 for i in positions]
+        items = [self.dataset[int(i)] for i in positions]
+        if self.collate_fn is default_collate:  # the items themselves must be the pairs
+            items = [_pair(item, f"{self.source} whose item {int(i)} is")
+                     for i, item in zip(positions, items)]
+        # a loader's own collate_fn may make the (x, y) batch from other items (dicts of a
+        # tokenised dataset, ...): what it returns is checked
         try:
             batch = self.collate_fn(items)
         except (TypeError, ValueError, RuntimeError) as exc:
@@ -140,6 +148,18 @@ class DatasetInputs(LazyInputs):
         return torch.cat(ys)
 
 
+class _ConvertThenCollate:
+    """The collate_fn of a loader without automatic batching (``batch_size=None``): its
+    ``collate_fn`` converts each item (what the loader yields), then the items are batched
+    with ``default_collate``. A class, not a closure, so a fitted predictor pickles."""
+
+    def __init__(self, convert):
+        self.convert = convert
+
+    def __call__(self, items):
+        return default_collate([self.convert(item) for item in items])
+
+
 def _loader_parts(loader):
     """``(dataset, collate_fn)`` of a DataLoader whose sampler visits every sample."""
     dataset = loader.dataset
@@ -158,8 +178,13 @@ def _loader_parts(loader):
                          "(batch_size, random_state); accepted: the default sampler (shuffle="
                          "True or False). For part of a dataset pass "
                          "torch.utils.data.Subset(dataset, indices).")
-    # without automatic batching the loader's collate_fn converts single items
-    return dataset, default_collate if batches is None else loader.collate_fn
+    if batches is not None:
+        return dataset, loader.collate_fn
+    # without automatic batching the loader's collate_fn converts single items: apply it to
+    # each (the items the loader yields), then batch them
+    if loader.collate_fn is default_convert:
+        return dataset, default_collate
+    return dataset, _ConvertThenCollate(loader.collate_fn)
 
 
 def stream_inputs(X, float_dtype, verbose=0):
@@ -170,7 +195,8 @@ def stream_inputs(X, float_dtype, verbose=0):
     X : torch.utils.data.Dataset or torch.utils.data.DataLoader
         A map-style dataset yielding ``(x, y)`` pairs (x: a tensor / array, a
         tuple of them -- positional inputs -- or a dict -- keyword inputs); a
-        DataLoader stands for its dataset and ``collate_fn``.
+        DataLoader stands for its dataset and ``collate_fn``, which may make the
+        ``(x, y)`` batches from items of any form (e.g. dicts with a label key).
     float_dtype : torch.dtype
     verbose : int, default=0
         > 0: a tqdm bar for the targets pass.

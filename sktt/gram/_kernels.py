@@ -395,7 +395,7 @@ class FactoredKernel:
         for s, e in self.row_blocks(width=self.n_train_rows):
             out[s:e] = np.asarray(self.rows[s:e], dtype=np.float64) @ np.asarray(
                 self.rows, dtype=np.float64).T
-        return check_ntk(out)
+        return check_ntk(out, copy=False)
 
     def cross_kernel(self):
         """Θ(train, eval) = J̃ J̃_evalᵀ formed, or None."""
@@ -412,6 +412,13 @@ class FactoredKernel:
 
     def trace(self):
         return float(sum(np.square(block).sum() for _, _, block in self.float64_blocks()))
+
+    def with_block_bytes(self, block_bytes):
+        """The same kernel (rows, held-out rows and cached spectra shared: no copy) whose
+        blocked products hold at most ``block_bytes`` of float64 temporaries."""
+        out = FactoredKernel(self.rows, self.n_outputs, self.eval_rows, block_bytes=block_bytes)
+        out._eigh, out._lambda_max, out._row_norms = self._eigh, self._lambda_max, self._row_norms
+        return out
 
     def without_eval(self):
         """The same rows without the held-out ones (no copy): what moves the weights."""

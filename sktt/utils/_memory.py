@@ -18,8 +18,10 @@ def parse_memory(name, value):
         return int(value)
     if isinstance(value, str):
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", value)
-        if m and m.group(2).upper() in _UNITS and float(m.group(1)) > 0:
-            return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+        if m and m.group(2).upper() in _UNITS:
+            nbytes = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+            if nbytes >= 1:  # "0.5B" rounds down to no budget at all: refused like 0
+                return nbytes
     raise ValueError(f"{name}={value!r} is invalid; accepted: None, a positive int of bytes, "
                      "or a string like '512MB' or '4GiB'.")
 
