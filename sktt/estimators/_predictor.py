@@ -219,8 +219,9 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         prediction, at the weights the linearised model predicts there (real
         outputs and kernel, no training step), and continue the simulation;
         cut points are geometric in the step (most early, where the kernel
-        moves most). ``n_steps - 1`` re-linearises before every step (real
-        full-batch GD). ``"auto"``: stages only when the trust diagnostic's
+        moves most). ``n_steps`` re-linearises after every step: the curve is
+        real full-batch GD (``n_steps - 1`` takes every step from real outputs
+        and kernels, but its last point stays the linearised one). ``"auto"``: stages only when the trust diagnostic's
         kernel-change probe is not "ok". Costs about one ``fit`` per point and
         setting, at predict time; exclusive with ``refresh_*``. Read at
         predict time, overridable per call. See docs/trust.rst.

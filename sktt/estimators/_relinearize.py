@@ -24,8 +24,8 @@ and, with weight decay, the anchor :math:`\Phi = J(w_{t_j})\,w_{t_j}` (one
 Jacobian-vector product each). The simulation continues from there with the
 rest of the learning-rate schedule. No optimiser step is taken on the data.
 
-* With a cut before every step (``k = n_steps - 1``) this is real full-batch
-  gradient descent, term for term (momentum, dampening, Nesterov, weight
+* With a cut after every step (``k = n_steps``; ``n_steps - 1`` leaves the last
+  point linearised) this is real full-batch gradient descent, term for term (momentum, dampening, Nesterov, weight
   decay); for a model linear in its parameters every stage has the same
   kernel and the staged prediction equals the plain one (both to round-off;
   ``tests/test_relinearize.py``) -- with the exact kernel: with a projection
