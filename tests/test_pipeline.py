@@ -90,6 +90,17 @@ def test_transform_refuses_a_projection_or_model_changed_after_fit(demo):
     assert jf.fit(demo.X[:10]).transform(demo.X[:6]).n_columns == 64  # a new fit adopts it
 
 
+def test_transform_leaves_the_fitted_number_of_outputs_alone(demo):
+    # transform read C again and stored it in n_outputs_: an output= set after fit changed the
+    # fitted attribute (and the rows' C) instead of being refused
+    jf = JacobianFeatures(demo.model, projection="countsketch", projection_dim=64,
+                          random_state=0).fit(demo.X[:10])
+    jf.set_params(output=lambda out: out[:, :2])
+    with pytest.raises(ValueError, match=rf"gives 2 outputs on X but {C} at fit.*fit again"):
+        jf.transform(demo.X[:6])
+    assert jf.n_outputs_ == C
+
+
 def test_exact_rows_give_exact_kernel(demo):
     out = JacobianFeatures(demo.model).fit_transform(demo.X, demo.y)
     n_params = sum(p.numel() for p in demo.model.parameters())

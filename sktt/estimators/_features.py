@@ -219,11 +219,15 @@ class JacobianFeatures(TransformerMixin, BaseEstimator):
             inputs, targets = as_inputs(X, y, float_dtype=dtype)
             inputs = inputs.bind_output(check_output(self.output))
             # C from the first sample (and a model that takes X); f0 comes with the rows
-            self.n_outputs_ = int(check_finite_outputs(first_outputs(model, inputs)).shape[1])
+            n_outputs = int(check_finite_outputs(first_outputs(model, inputs)).shape[1])
             if resolve:
+                self.n_outputs_ = n_outputs
                 self._resolve_projection(n_samples_of(inputs), self.n_outputs_)
+            elif n_outputs != self.n_outputs_:  # transform reads the fit, never rewrites it
+                raise ValueError(f"the model gives {n_outputs} outputs on X but {self.n_outputs_} "
+                                 "at fit (another output= or model since fit?); fit again.")
             rows, f0 = full_jacobian_rows(
-                model, inputs, names, n_outputs=self.n_outputs_, projection=self.projection_,
+                model, inputs, names, n_outputs=n_outputs, projection=self.projection_,
                 projection_dim=self.projection_dim, seed=self.seed_, chunk_size=self.chunk_size,
                 n_jobs=self.n_jobs, max_memory=max_memory, verbose=self.verbose,
                 jacobian_method=self.jacobian_method, return_outputs=True)
