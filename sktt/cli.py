@@ -59,6 +59,19 @@ def _batch_size(text):
     return value
 
 
+def _device(text):
+    import torch
+
+    try:
+        device = torch.device(text)
+        torch.empty(0, device=device)  # an unknown type, or one this machine lacks
+    except Exception as exc:  # noqa: BLE001 - RuntimeError, or AssertionError without CUDA
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a torch device usable here ({str(exc).splitlines()[0]}); "
+            "accepted: cpu, or cuda / cuda:N / mps where available") from None
+    return text
+
+
 def _add_dynamics_args(p, *, lr, momentum, threads=None):
     g = p.add_argument_group("fine-tuning settings (several values make a grid)")
     g.add_argument("--lr", type=_positive_float, nargs="+", default=lr, metavar="LR",
@@ -79,10 +92,10 @@ def _add_dynamics_args(p, *, lr, momentum, threads=None):
     g.add_argument("--solver", choices=("auto", "ode", "discrete", "sde"), default="auto",
                    help="dynamics solver (default: auto)")
     e = p.add_argument_group("estimation")
-    e.add_argument("--projection", choices=("none", "achlioptas", "gaussian", "countsketch",
-                                            "tensorsketch"),
+    e.add_argument("--projection", choices=("none", "auto", "achlioptas", "gaussian",
+                                            "countsketch", "tensorsketch"),
                    default="none", help="random projection of the gradients (default: none = "
-                                        "exact kernel)")
+                                        "exact kernel; auto: exact when cheap, else a sketch)")
     e.add_argument("--projection-dim", type=int, default=2048, metavar="D0",
                    help="projected dimension (default: 2048)")
     e.add_argument("--random-state", type=int, default=0, metavar="SEED",
@@ -124,7 +137,7 @@ def _add_file_args(p):
     p.add_argument("--y-key", default="y", help="name of the targets in the .npz (default: y)")
     p.add_argument("--loss", choices=("cross_entropy", "mse"), default="cross_entropy",
                    help="training loss, torch's mean reduction (default: cross_entropy)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--device", type=_device, default="cpu", help="torch device (default: cpu)")
     p.add_argument("--eval-data", metavar="NPZ", default=None,
                    help="held-out .npz (same --x-key / --y-key): adds the predicted "
                         "early-stopping step and the held-out metric there to the table")

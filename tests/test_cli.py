@@ -155,6 +155,13 @@ def test_in_process_inputs_errors(files, capsys):
     assert code("predict", files["state_dict"], files["data"]) == 2
     assert "pass --model-class" in capsys.readouterr().err
     assert code() == 2  # no command: help and exit 2
+    # a device torch does not know, or this machine lacks: named as such (it was reported as
+    # an unreadable TorchScript archive)
+    assert code("predict", files["script"], files["data"], "--device", "blah") == 2
+    assert "argument --device: 'blah' is not a torch device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert code("predict", files["script"], files["data"], "--device", "cuda") == 2
+        assert "'cuda' is not a torch device usable here" in capsys.readouterr().err
 
 
 def test_in_process_export_and_validate(files, capsys):
