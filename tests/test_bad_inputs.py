@@ -105,6 +105,10 @@ FIT_ROWS = [
     ("max-memory", {"max_memory": "lots"}, (X, Y), ValueError, r"max_memory='lots' is invalid"),
     ("max-memory-below-a-byte", {"max_memory": "0.5B"}, (X, Y), ValueError,
      r"max_memory='0.5B' is invalid; accepted: None, a positive int of bytes"),
+    ("temp-folder-missing", {"temp_folder": "/nonexistent/sktt"}, (X, Y), ValueError,
+     r"temp_folder='/nonexistent/sktt' is not an existing directory this process can write in"),
+    ("temp-folder-type", {"temp_folder": 3}, (X, Y), TypeError,
+     r"temp_folder=3 is invalid; accepted: None .* or the path of an existing directory"),
     ("random-state", {"random_state": -1}, (X, Y), ValueError, r"random_state=-1 is invalid"),
     ("n-jobs-zero", {"n_jobs": 0}, (X, Y), ValueError, r"n_jobs=0 is invalid"),
 ]

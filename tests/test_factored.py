@@ -5,8 +5,11 @@ dense one (sktt.dynamics._discrete) in other coordinates, so every curve, T_ε a
 band must agree to round-off, for every recipe term.
 """
 
+import os
+
 import numpy as np
 import pytest
+import torch
 from numpy.testing import assert_allclose
 
 from sktt import TrainingTimePredictor
@@ -504,6 +507,21 @@ def test_rows_beyond_the_budget_go_to_a_memmap(demo):
     disk.set_params(max_memory=None)  # the prediction's paths need more than that tiny budget
     # the smaller budget changes the chunking, so rows can differ in their float32 rounding
     assert_allclose(disk.predict_curve(), ram.predict_curve(), rtol=1e-6)
+
+
+def test_the_memmap_goes_to_temp_folder(demo, tmp_path):
+    # the rows' memmap went to $TMPDIR only; a user directory (a large local disk) is a
+    # parameter, and the file is unlinked at once there too
+    common = dict(projection="countsketch", projection_dim=256, ntk="factored", n_steps=20,
+                  lr=0.005, batch_size=8, n_paths=2, trust_check=False, random_state=0)
+    n_outputs = demo.model(torch.as_tensor(demo.X[:1])).shape[1]
+    rows_bytes = demo.X.shape[0] * n_outputs * 256 * 4  # N·C float32 rows of D0 = 256
+    disk = TrainingTimePredictor(demo.model, max_memory=int(1.5 * rows_bytes),
+                                 temp_folder=tmp_path, **common).fit(demo.X, demo.y)
+    assert isinstance(disk.projected_jacobian_, np.memmap)
+    assert os.path.dirname(disk.projected_jacobian_.filename) == str(tmp_path)
+    assert os.listdir(tmp_path) == []  # unlinked as soon as mapped
+    assert disk.get_params()["temp_folder"] == tmp_path
 
 
 def _mlp_problem(n=400, c=4, d=8, seed=0):

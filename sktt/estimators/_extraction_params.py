@@ -2,13 +2,15 @@
 the estimators that compute Jacobians (:class:`TrainingTimePredictor`,
 :class:`JacobianFeatures`)."""
 
+import os
+
 import numpy as np
 
 from ..gradients import JACOBIAN_METHODS
 from ..gradients._auto_projection import PROJECTION_CHOICES
 from ..utils import check_choice, check_int, check_n_jobs, parse_memory
 
-__all__ = ["check_extraction_params", "check_finite_outputs"]
+__all__ = ["check_extraction_params", "check_finite_outputs", "check_temp_folder"]
 
 
 def check_extraction_params(est):
@@ -23,6 +25,20 @@ def check_extraction_params(est):
     check_choice("jacobian_method", est.jacobian_method, JACOBIAN_METHODS)
     check_n_jobs(est.n_jobs)
     return parse_memory("max_memory", est.max_memory)
+
+
+def check_temp_folder(folder):
+    """Validate ``temp_folder``: None or an existing directory this process can write in."""
+    if folder is None:
+        return None
+    if not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(f"temp_folder={folder!r} is invalid; accepted: None (tempfile."
+                        "gettempdir()) or the path of an existing directory.")
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"temp_folder={os.fspath(folder)!r} is not an existing directory this "
+                         "process can write in; accepted: None (tempfile.gettempdir()) or the "
+                         "path of one.")
+    return folder
 
 
 def check_finite_outputs(f0):

@@ -99,6 +99,7 @@ def linearize_at(est, model, *, held_out=False):
                       projection_dim=est.projection_dim, seed=est.seed_,
                       chunk_size=est.chunk_size, n_jobs=est.n_jobs,
                       max_memory=parse_memory("max_memory", est.max_memory), verbose=est.verbose,
+                      rows_dir=getattr(est, "temp_folder", None),
                       jacobian_method=getattr(est, "jacobian_method", "auto"))
     rows = state["inputs"]
     factored = getattr(est, "ntk_mode_", "dense") == "factored"

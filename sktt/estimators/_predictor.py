@@ -38,7 +38,7 @@ from ..gradients._auto_projection import resolve_projection
 from ..utils._torch import (model_device_dtype, model_untouched, require_trainable,
                             trainable_parameters, warn_model_assumptions)
 from ._eval_set import EvalSetMixin, check_eval_set, joint_ntk, joint_rows
-from ._extraction_params import check_extraction_params, check_finite_outputs
+from ._extraction_params import check_extraction_params, check_finite_outputs, check_temp_folder
 from ._adamw import AdamWMixin
 from ._refresh import refreshed_curves
 from ._relinearize import staged_curves
@@ -171,8 +171,11 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         None means 2 GiB. A request that cannot fit raises
         :class:`~sktt.exceptions.MemoryBudgetError` naming the bytes and the
         options. With ``ntk="factored"``, projected rows larger than half the
-        budget go to a ``numpy.memmap`` in :func:`tempfile.gettempdir` (set
-        ``TMPDIR`` to choose the directory; the file is unlinked at once).
+        budget go to a ``numpy.memmap`` in ``temp_folder``.
+    temp_folder : str, path-like or None, default=None
+        Existing directory of that memmap (e.g. a large local disk); None means
+        :func:`tempfile.gettempdir` (``$TMPDIR``). The file is unlinked as soon
+        as it is mapped: nothing is left on disk after the estimator.
     n_jobs : int or None, default=None
         Number of joblib workers over sample chunks. ``None`` means 1 unless in a
         :func:`joblib.parallel_config` context; ``-1`` means all processors.
@@ -328,7 +331,8 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
                  momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
                  betas=(0.9, 0.999), adam_eps=1e-8, adamw_mode="auto", lr_scheduler=None,
                  batch_size=None, n_steps=150, solver="auto", projection=None,
-                 projection_dim=2048, ntk="auto", chunk_size=None, max_memory=None, n_jobs=None,
+                 projection_dim=2048, ntk="auto", chunk_size=None, max_memory=None,
+                 temp_folder=None, n_jobs=None,
                  random_state=None, verbose=0, trust_check=True, refresh_steps=None,
                  refresh_seconds=None, jacobian_method="auto", n_paths=16, drop_last=False,
                  sde_noise="diagonal", output=None, relinearize=None,
@@ -353,6 +357,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         self.ntk = ntk
         self.chunk_size = chunk_size
         self.max_memory = max_memory
+        self.temp_folder = temp_folder
         self.n_jobs = n_jobs
         self.random_state = random_state
         self.verbose = verbose
@@ -375,6 +380,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
         check_choice("loss", self.loss, LOSSES)
         check_choice("ntk", self.ntk, NTK_MODES)
         check_bool("trust_check", self.trust_check)
+        check_temp_folder(self.temp_folder)
         return check_extraction_params(self)
 
     def _setting(self, overrides, n_samples=None):
@@ -463,6 +469,7 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
                               projection_dim=self.projection_dim, seed=seed,
                               chunk_size=self.chunk_size, n_jobs=self.n_jobs,
                               max_memory=max_memory, verbose=self.verbose,
+                              rows_dir=self.temp_folder,
                               jacobian_method="functorch" if plan is None
                               else self.jacobian_method, layerwise_plan=plan)
             eval_inputs = eval_f0 = eval_targets = cross = eval_rows = None
