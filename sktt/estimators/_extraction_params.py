@@ -10,7 +10,8 @@ from ..gradients import JACOBIAN_METHODS
 from ..gradients._auto_projection import PROJECTION_CHOICES
 from ..utils import check_choice, check_int, check_n_jobs, parse_memory
 
-__all__ = ["check_extraction_params", "check_finite_outputs", "check_temp_folder"]
+__all__ = ["check_extraction_params", "check_finite_outputs", "check_temp_folder",
+           "extraction_kwargs"]
 
 
 def check_extraction_params(est):
@@ -25,6 +26,16 @@ def check_extraction_params(est):
     check_choice("jacobian_method", est.jacobian_method, JACOBIAN_METHODS)
     check_n_jobs(est.n_jobs)
     return parse_memory("max_memory", est.max_memory)
+
+
+def extraction_kwargs(est, *, n_outputs, projection, seed, max_memory):
+    """The keyword arguments of :func:`~sktt.gradients.ntk_from_model` that a predictor's
+    parameters set, for every extraction of its model (fit, held-out rows, re-linearisation):
+    one place, so they take the same projection, chunks, budget and memmap folder."""
+    return dict(n_outputs=n_outputs, projection=projection, projection_dim=est.projection_dim,
+                seed=seed, chunk_size=est.chunk_size, n_jobs=est.n_jobs, max_memory=max_memory,
+                verbose=est.verbose, rows_dir=getattr(est, "temp_folder", None),
+                jacobian_method=getattr(est, "jacobian_method", "auto"))
 
 
 def check_temp_folder(folder):

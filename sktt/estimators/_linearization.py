@@ -23,6 +23,7 @@ from ..gradients import ntk_from_model
 from ..gradients._probes import JacobianOperator
 from ..gram import DenseKernel, FactoredKernel
 from ..utils import parse_memory
+from ._extraction_params import extraction_kwargs
 
 __all__ = ["Linearization", "linearize_at", "model_at", "set_weights"]
 
@@ -94,13 +95,10 @@ def linearize_at(est, model, *, held_out=False):
     Linearization
     """
     state = est._trust_state
-    extraction = dict(n_outputs=est.n_outputs_, projection=getattr(est, "projection_",
-                                                                    est.projection),
-                      projection_dim=est.projection_dim, seed=est.seed_,
-                      chunk_size=est.chunk_size, n_jobs=est.n_jobs,
-                      max_memory=parse_memory("max_memory", est.max_memory), verbose=est.verbose,
-                      rows_dir=getattr(est, "temp_folder", None),
-                      jacobian_method=getattr(est, "jacobian_method", "auto"))
+    extraction = extraction_kwargs(est, n_outputs=est.n_outputs_,
+                                   projection=getattr(est, "projection_", est.projection),
+                                   seed=est.seed_,
+                                   max_memory=parse_memory("max_memory", est.max_memory))
     rows = state["inputs"]
     factored = getattr(est, "ntk_mode_", "dense") == "factored"
     if held_out:

@@ -38,7 +38,8 @@ from ..gradients._auto_projection import resolve_projection
 from ..utils._torch import (model_device_dtype, model_untouched, require_trainable,
                             trainable_parameters, warn_model_assumptions)
 from ._eval_set import EvalSetMixin, check_eval_set, joint_ntk, joint_rows
-from ._extraction_params import check_extraction_params, check_finite_outputs, check_temp_folder
+from ._extraction_params import (check_extraction_params, check_finite_outputs, check_temp_folder,
+                                 extraction_kwargs)
 from ._adamw import AdamWMixin
 from ._refresh import refreshed_curves
 from ._relinearize import staged_curves
@@ -465,13 +466,11 @@ class TrainingTimePredictor(EvalSetMixin, AdamWMixin, TrustMixin, BaseEstimator)
             # eval_set or not) and the trust diagnostic's probe take it (one probe of the
             # model, the same path); None is the torch.func path
             plan = resolve_layerwise_plan(model, inputs, names, self.jacobian_method)
-            extraction = dict(n_outputs=n_outputs, projection=self.projection_,
-                              projection_dim=self.projection_dim, seed=seed,
-                              chunk_size=self.chunk_size, n_jobs=self.n_jobs,
-                              max_memory=max_memory, verbose=self.verbose,
-                              rows_dir=self.temp_folder,
-                              jacobian_method="functorch" if plan is None
-                              else self.jacobian_method, layerwise_plan=plan)
+            extraction = extraction_kwargs(self, n_outputs=n_outputs,
+                                           projection=self.projection_, seed=seed,
+                                           max_memory=max_memory)
+            extraction.update(layerwise_plan=plan, jacobian_method="functorch" if plan is None
+                              else self.jacobian_method)
             eval_inputs = eval_f0 = eval_targets = cross = eval_rows = None
             if eval_set is not None:
                 eval_inputs, eval_targets = check_eval_set(
