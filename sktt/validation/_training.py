@@ -245,18 +245,20 @@ def run_real_training(
                 seed=seed, drop_last=drop_last,
             )
         else:
+            checked = []
             for t, b in enumerate(batches):  # as predict_curve(batches=...) checks them
                 b = np.asarray(b)
-                if b.size and (b.dtype == bool or not np.issubdtype(b.dtype, np.integer)):
+                if b.size and not np.issubdtype(b.dtype, np.integer):  # bool is not integer
                     raise ValueError(f"batches[{t}] has dtype {b.dtype}; accepted: integer index "
                                      "arrays (a float index would be truncated, a boolean mask "
                                      "read as the indices 0 and 1).")
-            batches = [np.asarray(b, dtype=np.int64).reshape(-1) for b in batches]
-            for t, b in enumerate(batches):
+                b = b.astype(np.int64).reshape(-1)
                 if b.size == 0 or b.min() < 0 or b.max() >= n:
                     got = "no index" if b.size == 0 else f"indices in [{b.min()}, {b.max()}]"
                     raise ValueError(f"batches[{t}] holds {got}; accepted: a non-empty index "
                                      f"array with values in [0, {n - 1}].")
+                checked.append(b)
+            batches = checked
             n_steps = len(batches) if n_steps is None else _check_int(
                 "n_steps", n_steps, 0)
             if len(batches) < n_steps:
